@@ -1,0 +1,176 @@
+"""Crash-safe files and checkpoints, and the random state that makes a resumed run exact.
+
+A run killed while writing must never leave a half-written file where the previous good one
+was. Every writer here goes through :func:`atomic_open`: write a temporary file in the same
+directory, flush and ``fsync`` it, then ``os.replace`` it onto the target (atomic on POSIX
+and Windows). On any error the temporary file is removed and the old target is untouched.
+
+Checkpoints are loaded with ``torch.load(weights_only=True)``: tensors, numbers, strings,
+lists, tuples and dicts only, no code. :func:`rng_state` therefore stores every generator
+state (python ``random``, numpy's global ``RandomState``, torch CPU, every CUDA device, and
+any ``torch.Generator`` passed in) as tensors and plain python values.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import tempfile
+import warnings
+from pathlib import Path
+from typing import IO, Any, Iterator, Mapping, Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+__all__ = ["atomic_open", "atomic_save", "atomic_write_bytes", "atomic_write_text",
+           "atomic_savez", "load_checkpoint", "rng_state", "set_rng_state"]
+
+PathLike = Union[str, os.PathLike]
+
+
+@contextlib.contextmanager
+def atomic_open(path: PathLike, mode: str = "wb", **kwargs: Any) -> Iterator[IO]:
+    """Open a temporary file beside ``path``; on clean exit it atomically becomes ``path``.
+
+    On an exception inside the block the temporary file is deleted and ``path`` keeps its
+    previous content (or stays absent). Parent directories are created.
+    """
+    if "w" not in mode:
+        raise ValueError(f"atomic_open writes files; mode must contain 'w', got {mode!r}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode, **kwargs) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the rename itself durable (best effort: not possible on every OS)."""
+    with contextlib.suppress(OSError, AttributeError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_save(obj: Any, path: PathLike) -> None:
+    """``torch.save(obj, path)`` that never leaves a partial file at ``path``."""
+    with atomic_open(path, "wb") as f:
+        torch.save(obj, f)
+
+
+def atomic_write_bytes(path: PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_open(path, "wb") as f:
+        f.write(data)
+
+
+def atomic_write_text(path: PathLike, text: str, encoding: str = "utf-8") -> None:
+    """Write ``text`` to ``path`` atomically."""
+    with atomic_open(path, "w", encoding=encoding, newline="") as f:
+        f.write(text)
+
+
+def atomic_savez(path: PathLike, **arrays: np.ndarray) -> None:
+    """``np.savez`` (uncompressed, so members can be memory-mapped) written atomically.
+
+    The file is written exactly at ``path`` (no ``.npz`` suffix is appended).
+    """
+    with atomic_open(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def load_checkpoint(path: PathLike, map_location: Any = "cpu") -> Any:
+    """Load a checkpoint with ``torch.load(weights_only=True)``.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: the file is not a checkpoint that loads safely (truncated, not a torch
+            file, or it holds objects other than tensors and plain data); names the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises RuntimeError, UnpicklingError, EOFError, ...
+        first_line = (str(e).splitlines() or [""])[0]
+        raise ValueError(
+            f"{path}: not a valid checkpoint ({type(e).__name__}: {first_line}). It may be "
+            "truncated, not written by torch.save, or hold objects that weights_only "
+            "loading refuses.") from e
+
+
+# --------------------------------------------------------------------------- RNG state
+
+Generators = Union[Mapping[str, torch.Generator], Sequence[torch.Generator], None]
+
+
+def _named(generators: Generators) -> dict[str, torch.Generator]:
+    if generators is None:
+        return {}
+    if isinstance(generators, torch.Generator):
+        return {"0": generators}
+    if isinstance(generators, Mapping):
+        return {str(k): g for k, g in generators.items()}
+    return {str(i): g for i, g in enumerate(generators)}
+
+
+def rng_state(generators: Generators = None) -> dict[str, Any]:
+    """Every random state a run depends on, in a form ``torch.load(weights_only=True)`` accepts.
+
+    Args:
+        generators: extra ``torch.Generator`` objects (a dict name -> generator, or a list)
+            such as a data sampler's or an augmentation's generator.
+
+    Returns:
+        ``{'python': ..., 'numpy': ..., 'torch': ByteTensor, 'cuda': [ByteTensor, ...],
+        'generators': {name: ByteTensor}}``; numpy's state tuple becomes a dict holding an
+        int64 tensor and python numbers.
+    """
+    version, internal, gauss_next = random.getstate()
+    name, key, pos, has_gauss, cached_gaussian = np.random.get_state(legacy=True)
+    return {
+        "python": {"version": int(version), "state": torch.tensor(internal, dtype=torch.int64),
+                   "gauss_next": gauss_next},
+        "numpy": {"bit_generator": str(name), "key": torch.from_numpy(key.astype(np.int64)),
+                  "pos": int(pos), "has_gauss": int(has_gauss),
+                  "cached_gaussian": float(cached_gaussian)},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "generators": {k: g.get_state() for k, g in _named(generators).items()},
+    }
+
+
+def set_rng_state(state: Mapping[str, Any], generators: Generators = None) -> None:
+    """Restore what :func:`rng_state` captured (pass the same ``generators``, same names)."""
+    py = state["python"]
+    random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss_next"]))
+    npst = state["numpy"]
+    np.random.set_state((npst["bit_generator"], npst["key"].cpu().numpy().astype(np.uint32),
+                         npst["pos"], npst["has_gauss"], npst["cached_gaussian"]))
+    torch.set_rng_state(state["torch"].cpu())
+    cuda = list(state.get("cuda", []))
+    if cuda:
+        if torch.cuda.is_available() and torch.cuda.device_count() == len(cuda):
+            torch.cuda.set_rng_state_all([s.cpu() for s in cuda])
+        else:
+            warnings.warn(f"checkpoint holds {len(cuda)} CUDA RNG states but this machine has "
+                          f"{torch.cuda.device_count() if torch.cuda.is_available() else 0} "
+                          "CUDA devices: CUDA random state not restored", stacklevel=2)
+    saved = state.get("generators", {})
+    for k, g in _named(generators).items():
+        if k not in saved:
+            raise KeyError(f"no saved state for generator {k!r} (saved: {sorted(saved)})")
+        g.set_state(saved[k].cpu())
