@@ -30,38 +30,48 @@ def nll(dist: GaussianMixture, x: Tensor) -> float:
 
 
 def _quantiles(p: Tensor, n: int) -> Tensor:
-    """Sorted projections resampled to n quantiles (for sets of different sizes)."""
-    p = p.sort(0).values
-    if p.shape[0] == n:
+    """Projections (P, m), sorted along each row and resampled to n quantiles."""
+    p = p.sort(-1).values
+    m = p.shape[1]
+    if m == n:
         return p
-    q = (torch.arange(n, dtype=torch.float64, device=p.device) + 0.5) / n * p.shape[0] - 0.5
-    lo = q.floor().clamp(0, p.shape[0] - 1).long()
-    hi = (lo + 1).clamp(max=p.shape[0] - 1)
-    w = (q - lo).clamp(0, 1)[:, None]
-    return p[lo] * (1 - w) + p[hi] * w
+    q = (torch.arange(n, dtype=torch.float64, device=p.device) + 0.5) / n * m - 0.5
+    lo = q.floor().clamp(0, m - 1).long()
+    hi = (lo + 1).clamp(max=m - 1)
+    w = (q - lo).clamp(0, 1)
+    return p[:, lo] * (1 - w) + p[:, hi] * w
 
 
-def sliced_w2(x: Tensor, y: Tensor, n_proj: int = 256, seed: int = 0) -> float:
+def sliced_w2(x: Tensor, y: Tensor | list[Tensor], n_proj: int = 256, seed: int = 0):
     """Sliced Wasserstein-2: sqrt of the mean over random unit directions of W2^2 of the 1-D
-    projections (sorted-sample coupling). Deterministic given `seed`."""
-    x, y = _as2d(x), _as2d(y)
-    if x.shape[1] != y.shape[1]:
-        raise ValueError(f"dimension mismatch: {x.shape[1]} vs {y.shape[1]}")
+    projections (sorted-sample coupling; quantile-matched for sets of different sizes).
+    Deterministic given `seed`. With a list of sets `y`, a list of distances (x is projected
+    and sorted once)."""
+    many = isinstance(y, (list, tuple))
+    x, ys = _as2d(x), [_as2d(v) for v in (y if many else [y])]
+    if any(v.shape[1] != x.shape[1] for v in ys):
+        raise ValueError(f"dimension mismatch: {x.shape[1]} vs {[v.shape[1] for v in ys]}")
     g = torch.Generator().manual_seed(seed)
-    theta = torch.randn(x.shape[1], n_proj, dtype=torch.float64, generator=g).to(x.device)
-    theta = theta / theta.norm(dim=0, keepdim=True)
-    n = max(x.shape[0], y.shape[0])
-    px, py = _quantiles(x @ theta, n), _quantiles(y @ theta, n)
-    return float(((px - py) ** 2).mean().sqrt())
+    theta = torch.randn(n_proj, x.shape[1], dtype=torch.float64, generator=g).to(x.device)
+    theta = theta / theta.norm(dim=1, keepdim=True)                 # (P, d) unit directions
+    n = max([x.shape[0]] + [v.shape[0] for v in ys])
+    px = _quantiles(theta @ x.T, n)                                  # (P, n)
+    out = [float(((px - _quantiles(theta @ v.T, n)) ** 2).mean().sqrt()) for v in ys]
+    return out if many else out[0]
 
 
 def sw2_noise_floor(dist: GaussianMixture, n: int, repeats: int = 5, n_proj: int = 256,
                     seed: int = 0) -> tuple[float, float]:
-    """Mean and std of sliced W2 between two independent true sample sets of size n."""
+    """Mean and std of sliced W2 between two independent true sample sets of size n
+    (cached on the distribution: every row of a table shares it)."""
+    key = ("sw2_floor", n, repeats, n_proj, seed)
+    if key in dist._cache:
+        return dist._cache[key]
     g = torch.Generator().manual_seed(10_000 + seed)
     vals = [sliced_w2(dist.sample(n, g), dist.sample(n, g), n_proj, seed + r) for r in range(repeats)]
     v = torch.tensor(vals)
-    return float(v.mean()), float(v.std()) if repeats > 1 else 0.0
+    dist._cache[key] = (float(v.mean()), float(v.std()) if repeats > 1 else 0.0)
+    return dist._cache[key]
 
 
 def mmd_rbf(x: Tensor, y: Tensor, bandwidth: float | None = None, max_points: int = 4000,
@@ -164,7 +174,7 @@ def sample_metrics(dist: GaussianMixture, x: Tensor, n_proj: int = 256, repeats:
     n = x.shape[0]
     g = torch.Generator().manual_seed(20_000 + seed)
     refs = [dist.sample(n, g) for _ in range(repeats)]
-    sw2 = [sliced_w2(x, r, n_proj, seed + i) for i, r in enumerate(refs)]
+    sw2 = sliced_w2(x, refs, n_proj, seed)
     floor, floor_std = sw2_noise_floor(dist, n, repeats, n_proj, seed)
     out = {"n": n, "sw2": sum(sw2) / repeats, "sw2_floor": floor, "sw2_floor_std": floor_std}
     out["sw2_ratio"] = out["sw2"] / floor

@@ -84,6 +84,7 @@ class GaussianMixture:
         if self.labels.shape != (K,):
             raise ValueError(f"labels must have K={K} entries")
         self._log_w = self.weights.log()
+        self._cache: dict = {}   # reference numbers that cost a Monte-Carlo run (entropy, floors)
 
     # ----------------------------------------------------------------- construction
     @classmethod
@@ -133,6 +134,11 @@ class GaussianMixture:
         r = self.U.shape[2]
         pos_lam = bool((self.lam > 0).all())
         return pos_lam and (r == self.dim or bool((self.nu > 0).all()))
+
+    def __eq__(self, other):   # identity: tensors make field-wise equality ambiguous
+        return self is other
+
+    __hash__ = object.__hash__
 
     def to(self, device) -> "GaussianMixture":
         """A copy on `device` (the arithmetic stays float64)."""
@@ -245,13 +251,17 @@ class GaussianMixture:
         """
         if not self.full_rank:
             raise ValueError(f"{self.name} has no density (rank-deficient): entropy is -inf")
+        key = ("entropy", n, seed)
+        if key in self._cache:
+            return self._cache[key]
         if self.n_components == 1:
             logdet = self.lam.log().sum() + (self.dim - self.U.shape[2]) * self.nu.clamp_min(1e-300).log().sum()
             return float(0.5 * (self.dim * (1 + LOG_2PI) + logdet)), 0.0
         g = torch.Generator(device=self.means.device).manual_seed(seed)
         lp = torch.cat([self.log_prob(self.sample(min(50_000, n - i), g))
                         for i in range(0, n, 50_000)])
-        return float(-lp.mean()), float(lp.std() / math.sqrt(n))
+        self._cache[key] = (float(-lp.mean()), float(lp.std() / math.sqrt(n)))
+        return self._cache[key]
 
 
 # --------------------------------------------------------------------- presets
