@@ -1,0 +1,153 @@
+"""PGD-10 (Linf 8/255, step 2/255): dmat_core.attacks.pgd against torchattacks.PGD, in one process.
+
+Same model, same batch, same settings. Prints, per model: images/s of each attack call, the
+ratio dmat / torchattacks (> 1: dmat is faster), the "floor" (10 forward + backward passes to
+the input, the least work any PGD-10 does), and the robust accuracy each finds, with the
+attack started at x (deterministic: the two must agree) and from a uniform random start.
+dmat's pgd also evaluates its last iterate (11 forward passes, 10 backward), which
+torchattacks leaves to the caller.
+
+    .venv/bin/python bench/attacks.py                      # CPU
+    .venv/bin/python bench/attacks.py --device cuda --amp bf16
+
+Needs `pip install torchattacks` (the `bench` extra). Note: dmat's pgd returns, per example,
+the worst iterate (a misclassified one first), torchattacks the last one, so dmat's robust
+accuracy can only be lower or equal, never higher, for the same iterates.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from dmat_core import data
+from dmat_core.at_config import make_config
+from dmat_core.at_train import ATTrainer
+from dmat_core.attacks import pgd
+from dmat_core.classifiers import PreActResNet18
+
+EPS, ALPHA, STEPS = 8 / 255, 2 / 255, 10
+
+
+def sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def timed(fns: dict, repeats: int) -> tuple:
+    """Fastest of ``repeats`` interleaved rounds per function (after one warm-up round): other
+    processes on the machine only ever add time, so the minimum is the cleanest estimate and the
+    interleaving spreads their load over every function alike. Returns (seconds, last outputs)."""
+    outs = {k: f() for k, f in fns.items()}
+    times = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, f in fns.items():
+            sync()
+            t0 = time.perf_counter()
+            outs[k] = f()
+            sync()
+            times[k].append(time.perf_counter() - t0)
+    return {k: min(v) for k, v in times.items()}, outs
+
+
+def robust_accuracy(model, x_adv, y) -> float:
+    with torch.no_grad():
+        return (model(x_adv).argmax(1) == y).float().mean().item()
+
+
+def compare(name: str, model, x, y, repeats: int, amp) -> dict:
+    import torchattacks
+    model.eval()
+    autocast = torch.autocast(x.device.type, dtype=amp) if amp else contextlib.nullcontext()
+    row = {"model": name, "batch": len(y), "device": str(x.device), "amp": str(amp).replace("torch.", "") if amp else "off"}
+
+    def floor():  # the work any PGD-10 must do: 10 forward + backward passes to the input
+        with autocast:
+            for _ in range(STEPS):
+                xr = x.clone().requires_grad_(True)
+                torch.autograd.grad(torch.nn.functional.cross_entropy(model(xr).float(), y), xr)
+
+    for start in (False, True):
+        ta = torchattacks.PGD(model, eps=EPS, alpha=ALPHA, steps=STEPS, random_start=start)
+
+        def ours():
+            torch.manual_seed(0)
+            with autocast:
+                return pgd(model, x, y, eps=EPS, steps=STEPS, step_size=ALPHA, random_start=start)
+
+        def theirs():
+            torch.manual_seed(0)
+            with autocast:
+                return ta(x, y)
+
+        t, adv = timed({"dmat": ours, "torchattacks": theirs, "floor": floor}, repeats)
+        with autocast:
+            ra, rb = robust_accuracy(model, adv["dmat"], y), robust_accuracy(model, adv["torchattacks"], y)
+        key = "random_start" if start else "start_at_x"
+        row[key] = {"dmat_images_per_s": len(y) / t["dmat"], "torchattacks_images_per_s": len(y) / t["torchattacks"],
+                    "speed_ratio": t["torchattacks"] / t["dmat"], "floor_images_per_s": len(y) / t["floor"],
+                    "dmat_robust_acc": ra, "torchattacks_robust_acc": rb,
+                    "same_verdict": robust_agreement(model, adv, y, autocast),
+                    "max_abs_linf": (adv["dmat"] - x).abs().max().item()}
+    return row
+
+
+def robust_agreement(model, adv, y, autocast) -> float:
+    """Fraction of examples both attacks judge the same way (robust or broken)."""
+    with torch.no_grad(), autocast:
+        a = model(adv["dmat"]).argmax(1) == y
+        b = model(adv["torchattacks"]).argmax(1) == y
+    return (a == b).float().mean().item()
+
+
+def trained_small_cnn(device):
+    """A SmallCNN adversarially trained for a few seconds on the tiny archive (robust accuracy > 0)."""
+    tmp = Path(tempfile.mkdtemp(prefix="dmat-bench-"))
+    cfg = make_config("cpu-quick", data_dir=str(tmp / "cifar"), out_dir=str(tmp / "run"), progress=False,
+                      arch_kw={"width": 32}, epochs=4, n_val=0)
+    trainer = ATTrainer(cfg)
+    for _ in trainer.run():
+        pass
+    x, y = data.load_cifar(tmp / "cifar", train=False)
+    return trainer.ema.module.to(device), data.to_tensor_images(x, device), torch.as_tensor(y, device=device)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--amp", choices=["off", "bf16"], default="off", help="autocast dtype (GPU: bf16)")
+    p.add_argument("--batch", type=int, default=32, help="batch of the PreActResNet-18 run (default 32)")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--json", help="also write the rows to this file")
+    a = p.parse_args()
+    device, amp = torch.device(a.device), (torch.bfloat16 if a.amp == "bf16" else None)
+    print(f"device: {device}, threads: {torch.get_num_threads()}, torch {torch.__version__}")
+    rows = []
+    model, x, y = trained_small_cnn(device)
+    rows.append(compare("SmallCNN-32 (AT on tiny CIFAR)", model, x, y, a.repeats, amp))
+    torch.manual_seed(0)
+    prn = PreActResNet18().to(device).eval()
+    xb = torch.rand(a.batch, 3, 32, 32, device=device)
+    with torch.no_grad():
+        yb = prn(xb).argmax(1)  # labels the model gets right, so the attack has work to do
+    rows.append(compare("PreActResNet-18 (random init)", prn, xb, yb, a.repeats, amp))
+    for r in rows:
+        print(f"\n{r['model']}, batch {r['batch']}, {r['device']}, amp {r['amp']}")
+        for key in ("start_at_x", "random_start"):
+            s = r[key]
+            print(f"  {key:13s} dmat {s['dmat_images_per_s']:8.1f} img/s   torchattacks "
+                  f"{s['torchattacks_images_per_s']:8.1f} img/s   ratio {s['speed_ratio']:.3f}   "
+                  f"(10 fwd+bwd floor {s['floor_images_per_s']:8.1f} img/s)   robust acc dmat "
+                  f"{s['dmat_robust_acc']:.3f} / torchattacks {s['torchattacks_robust_acc']:.3f}, "
+                  f"same verdict on {s['same_verdict']:.1%}")
+    if a.json:
+        Path(a.json).write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
