@@ -78,7 +78,9 @@ def compare(name: str, model, x, y, repeats: int, amp) -> dict:
         def ours():
             torch.manual_seed(0)
             with autocast:
-                return pgd(model, x, y, eps=EPS, steps=STEPS, step_size=ALPHA, random_start=start)
+                # like for like: torchattacks returns the last iterate, so does keep_best=False
+                return pgd(model, x, y, eps=EPS, steps=STEPS, step_size=ALPHA, random_start=start,
+                           keep_best=False)
 
         def theirs():
             torch.manual_seed(0)

@@ -236,7 +236,7 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm:
         steps: int = 10, step_size: Optional[float] = None, random_start: bool = True,
         restarts: int = 1, loss: str = "ce", targeted: bool = False,
         y_target: Optional[torch.Tensor] = None, clip: Clip = (0.0, 1.0),
-        bn_mode: str = "eval") -> torch.Tensor:
+        bn_mode: str = "eval", keep_best: bool = True) -> torch.Tensor:
     """Projected Gradient Descent (Madry, Makelov, Schmidt, Tsipras & Vladu, ICLR 2018, sec. 2.1).
 
     ``x_{t+1} = Proj_{B(x, eps) & box}(x_t + alpha * d_t)`` with ``d_t = sign(g_t)`` (Linf) or
@@ -255,6 +255,9 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm:
             target class; ``targeted=True`` without ``y_target`` is an error.
         clip: input box, default ``(0, 1)``; None for unbounded inputs (2D toys).
         bn_mode: ``'eval'`` (default) or ``'frozen'``, see :func:`attack_mode`.
+        keep_best: return the worst iterate seen (default; costs one gradient-free forward pass
+            per restart for the last iterate). False returns the last iterate of the last
+            restart, like Madry et al.'s and torchattacks' PGD.
     """
     eps, norm = check_attack_inputs(x, y, eps, norm, clip)
     if targeted and y_target is None:
@@ -263,25 +266,31 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm:
         raise ValueError(f"steps and restarts must be >= 1, got steps={steps}, restarts={restarts}")
     alpha = 2.5 * eps / steps if step_size is None else float(step_size)
     x = x.detach()
-    best = None
+    best, last, checked = None, None, False
     with attack_mode(model, bn_mode), torch.enable_grad():
         for _ in range(restarts):
             x_adv = sample_ball(x, eps, norm, clip) if random_start else x.clone()
             for t in range(steps + 1):
-                x_adv.requires_grad_(True)
-                logits = model(x_adv)
-                if best is None:  # first forward pass: the labels can now be checked
+                if t == steps and not keep_best:
+                    last = x_adv.detach()
+                    break
+                x_adv.requires_grad_(t < steps)
+                with torch.set_grad_enabled(t < steps):   # the last iterate is only evaluated
+                    logits = model(x_adv)
+                if not checked:  # first forward pass: the labels can now be checked
                     check_labels(y, logits.shape[1])
                     if y_target is not None:
                         check_labels(y_target, logits.shape[1], "y_target")
+                    checked = True
                 objective = attack_objective(logits, y, loss, y_target)  # (B,)
-                cand = (x_adv.detach(), _success(logits.detach(), y, y_target), objective.detach())
-                best = _keep_worst(best, cand)
+                if keep_best:
+                    cand = (x_adv.detach(), _success(logits.detach(), y, y_target), objective.detach())
+                    best = _keep_worst(best, cand)
                 if t == steps:
                     break
                 g, = torch.autograd.grad(objective.sum(), x_adv)
                 x_adv = project(x_adv.detach() + alpha * _ascent_direction(g, norm), x, eps, norm, clip)
-    return best[0]
+    return best[0] if keep_best else last
 
 
 def trades_inner(model: nn.Module, x: torch.Tensor, y: Optional[torch.Tensor] = None, *,

@@ -261,3 +261,20 @@ def test_trades_inner_increases_kl(cnn):
         cnn.eval()
         start = x + 1e-3 * torch.randn_like(x)
         assert trades_kl(cnn(x_adv), cnn(x)) > 10 * trades_kl(cnn(start.clamp(0, 1)), cnn(x))
+
+
+def test_pgd_keep_best_false_returns_the_plain_last_iterate():
+    """keep_best=False is Madry et al.'s PGD: the last iterate, computed by hand here."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+    x, y = torch.rand(8, 3, 2, 2), torch.randint(0, 3, (8,))
+    eps, alpha = 0.1, 0.03
+    adv = pgd(model, x, y, eps=eps, steps=4, step_size=alpha, random_start=False, keep_best=False)
+    xa = x.clone()
+    for _ in range(4):
+        xa.requires_grad_(True)
+        g, = torch.autograd.grad(torch.nn.functional.cross_entropy(model(xa), y, reduction="sum"), xa)
+        xa = torch.min(torch.max(xa.detach() + alpha * g.sign(), x - eps), x + eps).clamp(0, 1)
+    assert torch.allclose(adv, xa, atol=1e-6)
+    best = pgd(model, x, y, eps=eps, steps=4, step_size=alpha, random_start=False, restarts=2)
+    assert (best - x).abs().max() <= eps + 1e-6
