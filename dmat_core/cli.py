@@ -99,6 +99,11 @@ def _extension_hooks():
         hooks.append(lambda sub, tsub: train_at_cli.add_parser(sub))
     except ImportError:
         pass
+    try:
+        from .experiments import at_classifier_study
+        hooks.append(lambda sub, tsub: at_classifier_study.add_parser(tsub))
+    except ImportError:
+        pass
     return hooks
 
 

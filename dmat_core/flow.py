@@ -1,0 +1,196 @@
+"""Measures of the diffusion flow of a denoiser: smoothness, trajectories, memorization, attacks.
+
+  :func:`jacobian_frobenius`  ||dD/dx||_F per sigma on x = x0 + sigma n, x0 ~ p: exact (one
+                              backward pass per output coordinate) in low d, Hutchinson's
+                              estimate E_v ||v^T J||^2 = ||J||_F^2 (Rademacher v) in high d;
+  :func:`trajectory_stats`    length and curvature of PF-ODE trajectories;
+  :func:`memorization_rate`   the share of samples within a radius of a training point, beside the
+                              same share for fresh true samples (Briglia et al., memorization);
+  :func:`trajectory_attack`   at one step of the sampler, an iterative attack in the noise-unit
+                              box that maximises the denoiser's deviation, then sampling finishes.
+
+All take a denoiser `D(x, sigma, labels=None)`, exact or learned. Notebook 05 plots them.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .diffusion import edm_sigmas
+from .samplers import edm_heun
+from .toys import GaussianMixture
+
+Tensor = torch.Tensor
+
+
+# ----------------------------------------------------------------------- Jacobian
+def _jacobian_sq(D, x: Tensor, sigma: float, method: str, n_probe: int, generator) -> Tensor:
+    """||dD/dx (x_i)||_F^2 per point, (B,)."""
+    x = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        y = D(x, sigma)                                                    # (B, d)
+        d = y.shape[1]
+        total = torch.zeros(x.shape[0], dtype=torch.float64)
+        if method == "exact":     # row j of every point's Jacobian in one backward pass
+            for j in range(d):
+                (g,) = torch.autograd.grad(y[:, j].sum(), x, retain_graph=j < d - 1)
+                total += (g.double() ** 2).sum(1)
+            return total
+        for k in range(n_probe):  # Hutchinson: E ||J^T v||^2 = ||J||_F^2 for Rademacher v
+            v = torch.randint(0, 2, y.shape, generator=generator).to(y.dtype) * 2 - 1
+            (g,) = torch.autograd.grad((y * v).sum(), x, retain_graph=k < n_probe - 1)
+            total += (g.double() ** 2).sum(1)
+        return total / n_probe
+
+
+def jacobian_frobenius(D, dist: GaussianMixture, sigmas, n: int = 512, method: str = "auto",
+                       n_probe: int = 8, seed: int = 0, dtype=torch.float32) -> list[dict]:
+    """||dD(x, sigma)/dx||_F on x = x0 + sigma n, x0 ~ dist, per sigma, beside the exact denoiser's.
+
+    method: `exact`, `hutchinson`, or `auto` (exact for d <= 16). Returns rows with `sigma`,
+    `jac_fro` (RMS over points of ||J||_F), `jac_fro_exact` (the same for dist.denoiser, always
+    computed exactly where d <= 16, else by Hutchinson) and `per_dim` (jac_fro / sqrt(d): 1 for
+    the identity, 0 for a constant).
+    """
+    if method not in ("auto", "exact", "hutchinson"):
+        raise ValueError(f"method must be 'auto', 'exact' or 'hutchinson', got {method!r}")
+    d = dist.dim
+    method = ("exact" if d <= 16 else "hutchinson") if method == "auto" else method
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for s in sigmas:
+        s = float(s)
+        if s <= 0:
+            raise ValueError(f"Jacobian needs sigma > 0, got {s}")
+        x0 = dist.sample(n, g)
+        x = x0 + s * torch.randn(x0.shape, dtype=x0.dtype, generator=g)
+        jm = _jacobian_sq(D, x.to(dtype), s, method, n_probe, g)
+        je = _jacobian_sq(dist.denoiser, x, s, method, n_probe, g)
+        rows.append({"sigma": s, "jac_fro": float(jm.mean().sqrt()),
+                     "jac_fro_exact": float(je.mean().sqrt()),
+                     "per_dim": float(jm.mean().sqrt() / math.sqrt(d))})
+    return rows
+
+
+# ----------------------------------------------------------------------- trajectories
+def trajectory_stats(traj: Tensor, sigmas: Tensor | None = None, sigma_max: float | None = None) -> dict:
+    """Length and curvature of trajectories (S+1, B, d) (a sampler's states, noise to data).
+
+    With `sigmas` and `sigma_max`, only the states at sigma <= sigma_max count (the early part of
+    an EDM path from sigma = 80 is the same straight line for every model).
+    Returns `length` (mean sum_i ||x_{i+1} - x_i||), `straightness` (mean ||x_S - x_0|| / length,
+    1 for a straight line) and `turning` (mean angle between consecutive steps, radians).
+    """
+    traj = torch.as_tensor(traj).to(torch.float64)
+    if sigmas is not None and sigma_max is not None:
+        keep = torch.as_tensor(sigmas) <= sigma_max
+        traj = traj[keep]
+    if traj.shape[0] < 3:
+        raise ValueError("need at least 3 states for length and curvature")
+    steps = traj[1:] - traj[:-1]                                          # (S, B, d)
+    norms = steps.norm(dim=-1)                                            # (S, B)
+    length = norms.sum(0)
+    chord = (traj[-1] - traj[0]).norm(dim=-1)
+    cos = (steps[1:] * steps[:-1]).sum(-1) / (norms[1:] * norms[:-1]).clamp_min(1e-12)
+    turning = torch.arccos(cos.clamp(-1, 1))                              # (S-1, B)
+    return {"length": float(length.mean()),
+            "straightness": float((chord / length.clamp_min(1e-12)).mean()),
+            "turning": float(turning.mean())}
+
+
+# ----------------------------------------------------------------------- memorization
+def _nearest(a: Tensor, b: Tensor, chunk: int = 512) -> Tensor:
+    """Distance from each row of a to its nearest row of b, in chunks (bounded memory)."""
+    return torch.cat([torch.cdist(a[i:i + chunk], b).min(1).values for i in range(0, len(a), chunk)])
+
+
+def memorization_rate(samples: Tensor, train: Tensor, dist: GaussianMixture | None = None,
+                      radius: float | None = None, seed: int = 0) -> dict:
+    """Share of samples closer than `radius` to some training point (Euclidean), beside the same
+    share for as many fresh true samples of `dist` (what an honest generator scores).
+
+    Default radius: a third of the median distance from fresh true samples to their nearest
+    training point (needs `dist`). Returns `mem_rate`, `mem_rate_fresh`, `radius`, and
+    `nn_ratio` (median over samples of nearest-training distance over that of fresh samples; far
+    below 1 means copies).
+    """
+    samples = torch.as_tensor(samples).to(torch.float64)
+    train = torch.as_tensor(train).to(torch.float64)
+    nn_s = _nearest(samples, train)                                        # (n,)
+    out = {}
+    if dist is not None:
+        fresh = dist.sample(samples.shape[0], torch.Generator().manual_seed(30_000 + seed))
+        nn_f = _nearest(fresh, train)
+        radius = float(nn_f.median() / 3) if radius is None else float(radius)
+        out["mem_rate_fresh"] = float((nn_f < radius).double().mean())
+        out["nn_ratio"] = float(nn_s.median() / nn_f.median())
+    elif radius is None:
+        raise ValueError("give a radius, or the distribution to derive one")
+    if radius <= 0:
+        raise ValueError(f"radius must be > 0, got {radius}")
+    out.update(mem_rate=float((nn_s < radius).double().mean()), radius=radius)
+    return out
+
+
+# ----------------------------------------------------------------------- attacks
+def denoiser_deviation_attack(D, x: Tensor, sigma: float, budget: float, n_iter: int = 10,
+                              step: float | None = None, restarts: int = 1,
+                              generator=None) -> Tensor:
+    """PGD (sign steps from a random start, Madry et al. 2018) on delta = sigma w with w in the
+    noise-unit box [-budget, budget]^d, maximising the denoiser's deviation
+    ||D(x + delta, sigma) - D(x, sigma)||^2 per point; with `restarts` > 1 the best of several
+    random starts is kept per point (the landscape has several local maxima). Step size
+    2.5 budget / n_iter by default. Returns x + delta (detached)."""
+    if budget < 0 or n_iter < 1 or restarts < 1:
+        raise ValueError(f"need budget >= 0, n_iter >= 1, restarts >= 1; got {budget}, {n_iter}, {restarts}")
+    if budget == 0:
+        return x.detach().clone()
+    step = 2.5 * budget / n_iter if step is None else step
+    x = x.detach()
+    with torch.no_grad():
+        d_ref = D(x, sigma)
+    best_w, best = torch.zeros_like(x), torch.full((x.shape[0],), -1.0, dtype=torch.float64)
+    for _ in range(restarts):
+        w = (2 * torch.rand(x.shape, generator=generator, dtype=x.dtype) - 1) * budget
+        for _ in range(n_iter):
+            w.requires_grad_(True)
+            with torch.enable_grad():
+                dev = ((D(x + sigma * w, sigma) - d_ref) ** 2).sum()
+                (grad,) = torch.autograd.grad(dev, w)
+            w = (w.detach() + step * grad.sign()).clamp(-budget, budget)
+        with torch.no_grad():
+            dev = ((D(x + sigma * w, sigma) - d_ref) ** 2).flatten(1).sum(1).double()
+        better = dev > best
+        best_w[better], best[better] = w[better], dev[better]
+    return (x + sigma * best_w).detach()
+
+
+def trajectory_attack(D, latents: Tensor, steps: int = 18, attack_step: int = 12,
+                      budget: float = 0.5, n_iter: int = 10, restarts: int = 1, seed: int = 0,
+                      **sigma_kw) -> Tensor:
+    """EDM Heun sampling with an attack at one step (Briglia et al., attacks on the trajectory).
+
+    Runs `attack_step` Heun steps on `edm_sigmas(steps)`, perturbs the state x_k at sigma_k
+    within the noise-unit box of half-width `budget` (so ||delta||_inf <= budget * sigma_k) to
+    maximise the denoiser's deviation (:func:`denoiser_deviation_attack`), then finishes the
+    sampling from there. `budget=0` gives exactly the unattacked samples. Returns (B, d).
+    """
+    sigmas = edm_sigmas(steps, **sigma_kw)
+    if not (0 <= attack_step < steps):
+        raise ValueError(f"attack_step must be in [0, {steps - 1}], got {attack_step}")
+    x = None
+    with torch.no_grad():
+        for x in edm_heun(D, latents, sigmas[:attack_step + 1]):
+            pass
+    s_k = float(sigmas[attack_step])
+    x = denoiser_deviation_attack(D, x, s_k, budget, n_iter, restarts=restarts,
+                                  generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        for x in edm_heun(D, x / s_k, sigmas[attack_step:]):
+            pass
+    return x
+
+
+__all__ = ["jacobian_frobenius", "trajectory_stats", "memorization_rate",
+           "denoiser_deviation_attack", "trajectory_attack"]
