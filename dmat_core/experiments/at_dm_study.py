@@ -1,0 +1,354 @@
+"""AT for diffusion models, measured exactly on known densities (`dmat toy at-dm-study`).
+
+Trains the toy denoiser on a (corrupted) training set of a known distribution with each loss
+of :mod:`dmat_core.dm_losses` -- standard, AT-random, AT-adversarial, and the invariance
+ablation -- over several seeds, and measures every model against the *clean* distribution:
+the exact sample metrics (NLL, off-mode mass, manifold residual, sliced W2), the error of the
+denoiser against the clean exact one, memorization, the Jacobian of the denoiser per sigma,
+trajectory length and curvature, and (optionally) the metrics under an attack on the sampling
+trajectory. Writes results.json, table.md (mean +- std over seeds) and figures under --out.
+
+    dmat toy at-dm-study --preset inlier-ring8 --out results/at_dm/inlier-ring8
+    dmat toy at-dm-study --dist ring8 --corruption inlier --p 0.9 --seeds 3 --out DIR --quick
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import functools
+import json
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import fields
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..checkpoint import atomic_savez, atomic_write_text
+from ..corruption import corrupt
+from ..diffusion import edm_sigmas
+from ..dm_losses import VARIANTS, ATConfig, cost_table
+from ..flow import jacobian_frobenius, memorization_rate, trajectory_attack, trajectory_stats
+from ..metrics import sample_metrics, score_error
+from ..samplers import latent_noise, run
+from ..toy_nets import data_std
+from ..toy_train import fit_toy, make_toy_model, train_toy
+from ..toys import make_distribution
+from .at_dm_report import markdown_table, plot_study, summarize
+
+# Sizes: `full` is what results/at_dm holds; `quick` is for tests and notebooks (seconds).
+SIZES = {
+    "full": dict(n_train=20_000, steps=3000, batch=256, n_eval=5000, jac_n=256),
+    "quick": dict(n_train=2000, steps=150, batch=128, n_eval=600, jac_n=64),
+}
+DEFAULTS = dict(dist="ring8", dist_kw={}, corruption="clean", p=0.9, s=0.2, q=0.1,
+                outlier="uniform", width=128, depth=3, lr=2e-3, ema=0.999, P_mean=-1.2,
+                P_std=1.2, sampler_steps=18, attack_budgets=None, attack_step=12, attack_iter=10,
+                attack_restarts=3)
+# Presets: the settings the issue asks for; each merges over DEFAULTS and a size.
+PRESETS = {
+    "clean-ring8": dict(dist="ring8", corruption="clean"),
+    "inlier-ring8": dict(dist="ring8", corruption="inlier", p=0.9, s=0.2),
+    "outliers-ring8": dict(dist="ring8", corruption="outlier", q=0.1, outlier="uniform"),
+    "plane3d-offplane": dict(dist="plane3d", corruption="offplane", p=0.9, s=0.2),
+    "subspace-inlier": dict(dist="subspace", dist_kw={"d": 256, "k": 8}, corruption="inlier",
+                            p=0.9, s=0.1, width=256, depth=2, full=dict(steps=2000, n_eval=3000)),
+    "memorization": dict(dist="ring8", corruption="clean", full=dict(n_train=32, steps=4000),
+                         quick=dict(n_train=32)),
+    "trajectory-attack": dict(dist="ring8", corruption="clean",
+                              attack_budgets=[0.0, 0.25, 0.5, 1.0, 2.0]),
+}
+# Arms of the study: a label and the ATConfig fields it sets over the shared AT options.
+# `adversarial-residual` runs the FGSM step on the AT residual (the loss it then minimises, as
+# classifier AT does) instead of the paper's prediction gap; see results/at_dm/NOTES.md.
+ARMS = {**{v: {"variant": v} for v in VARIANTS},
+        "adversarial-residual": {"variant": "adversarial", "attack_target": "residual"}}
+DEFAULT_ARMS = ("standard", "random", "adversarial", "adversarial-residual", "invariance")
+JAC_SIGMAS = [0.01, 0.05, 0.2, 1.0]
+SCORE_SIGMAS = [0.05, 0.2, 1.0]
+
+
+def study_config(preset: str | None = None, quick: bool = False, **overrides) -> dict:
+    """The full configuration of a study: DEFAULTS < size < preset < preset's size < overrides."""
+    if preset is not None and preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    size = "quick" if quick else "full"
+    cfg = {**DEFAULTS, **SIZES[size]}
+    pre = copy.deepcopy(PRESETS.get(preset, {}))
+    sized = {k: pre.pop(k, {}) for k in ("full", "quick")}
+    cfg.update(pre, **sized[size])
+    cfg.update({k: v for k, v in overrides.items() if v is not None})
+    cfg.update(preset=preset, size=size)
+    if not 0 <= cfg["p"] <= 1 or not 0 <= cfg["q"] <= 1:
+        raise ValueError(f"p and q must be fractions in [0, 1], got p={cfg['p']}, q={cfg['q']}")
+    return cfg
+
+
+def _build(cfg: dict, seed: int):
+    dist = make_distribution(cfg["dist"], **cfg["dist_kw"])
+    if dist.full_rank:      # the Monte-Carlo entropy is the same for every model: compute it once
+        dist.entropy = functools.lru_cache(maxsize=None)(dist.entropy)
+    g = torch.Generator().manual_seed(1000 + seed)
+    x, mask = corrupt(dist, cfg["n_train"], cfg["corruption"], p=cfg["p"], s=cfg["s"], q=cfg["q"],
+                      outlier=cfg["outlier"], generator=g)
+    return dist, x, mask
+
+
+def evaluate(D, dist, train, cfg: dict, seed: int) -> tuple[dict, dict]:
+    """Every measure of one model; returns (metrics, extras with samples and per-sigma rows)."""
+    sd = float(getattr(D, "sigma_data", 1.0))
+    latents = latent_noise(cfg["n_eval"], dist.dim, torch.Generator().manual_seed(5000 + seed))
+    with torch.no_grad():
+        traj = run(D, latents, "heun", cfg["sampler_steps"], trajectory=True)   # (S+1, n, d)
+    x = traj[-1].double()
+    m = sample_metrics(dist, x, seed=seed, mmd=False)
+    m.pop("mode_weights", None)
+    if not dist.full_rank:     # no density at sigma = 0: NLL under the slightly noised density
+        m["nll_smoothed"] = float(-dist.log_prob(x, 0.05).mean())
+    m.update(memorization_rate(x, train, dist, seed=seed))
+    m.update(trajectory_stats(traj, edm_sigmas(cfg["sampler_steps"]), sigma_max=sd))
+    jac = jacobian_frobenius(D, dist, JAC_SIGMAS, n=cfg["jac_n"], seed=seed)
+    err = score_error(D, dist, SCORE_SIGMAS, n=1024, seed=seed)
+    for r in jac:
+        m[f"jac@{r['sigma']:g}"] = r["jac_fro"]
+    for r in err:
+        m[f"den_err@{r['sigma']:g}"] = r["relative"]
+    extras = {"view": project_2d(x[:2000], dist), "jacobian": jac, "score_error": err}
+    if cfg.get("attack_budgets"):
+        rows = []
+        for b in cfg["attack_budgets"]:
+            xa = trajectory_attack(D, latents, cfg["sampler_steps"], cfg["attack_step"], b,
+                                   cfg["attack_iter"], cfg["attack_restarts"], seed=seed).double()
+            ma = sample_metrics(dist, xa, seed=seed, mmd=False, repeats=2)
+            ma.pop("mode_weights", None)
+            rows.append({"budget": b, **ma})
+        extras["attack"] = rows
+        for r in rows:
+            for k in ("off_mode_mass", "nll_gap", "sw2_ratio", "residual_rms"):
+                if k in r:
+                    m[f"attack{r['budget']:g}_{k}"] = r[k]
+    return m, extras
+
+
+def project_2d(x: torch.Tensor, dist):
+    """A 2D view of samples for plots: the data itself in 2D, else (first coordinate on the
+    data's subspace, distance to it). float32 numpy (n, 2)."""
+    x = torch.as_tensor(x, dtype=torch.float64)
+    if dist.dim > 2:
+        v = x - dist.means[0]
+        c = v @ dist.U[0]                                                  # (n, k)
+        x = torch.stack([c[:, 0], (v - c @ dist.U[0].T).norm(dim=1)], 1)
+    return x.float().numpy()
+
+
+def train_and_evaluate(job: dict) -> dict:
+    """One (seed, arm) cell of the study: build the data, train, evaluate. Picklable."""
+    torch.set_num_threads(job.get("threads", 1))
+    cfg, seed, at = job["cfg"], job["seed"], ATConfig(**job["at"])
+    dist, x, _ = _build(cfg, seed)
+    sd = data_std(x)
+    model = make_toy_model(dist.dim, sd, seed, width=cfg["width"], depth=cfg["depth"])
+    t0 = time.perf_counter()
+    D, hist = fit_toy(model, x, at, steps=cfg["steps"], batch=cfg["batch"], lr=cfg["lr"],
+                      ema=cfg["ema"], P_mean=cfg["P_mean"], P_std=cfg["P_std"], seed=seed,
+                      progress=job.get("progress", False), desc=f"{job['arm']} s{seed}")
+    train_s = time.perf_counter() - t0
+    metrics, extras = evaluate(D, dist, x, cfg, seed)
+    metrics.update(train_seconds=train_s, ms_per_step=1000 * train_s / cfg["steps"])
+    return {"seed": seed, "variant": job["arm"], "at": at.as_dict(), "metrics": metrics,
+            "history": hist, "jacobian": extras["jacobian"], "score_error": extras["score_error"],
+            "attack": extras.get("attack"), "view": extras["view"]}
+
+
+def measure_cost(cfg: dict, arms, at: dict, steps: int = 30, rounds: int = 5) -> dict:
+    """Milliseconds per training step of each arm, interleaved in one process (one thread) so
+    that a shared machine's load hits every arm alike; the fastest of `rounds` (the least
+    disturbed, as timeit does)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    dist = make_distribution(cfg["dist"], **cfg["dist_kw"])
+    x = dist.sample(max(cfg["batch"], 64), torch.Generator().manual_seed(0))
+    times = {a: [] for a in arms}
+    for _ in range(rounds):
+        for a in arms:
+            model = make_toy_model(dist.dim, data_std(x), 0, width=cfg["width"], depth=cfg["depth"])
+            it = train_toy(model, x, ATConfig(**{**at, **ARMS[a]}), steps=steps + 2,
+                           batch=cfg["batch"])
+            next(it), next(it)                                   # warm-up steps
+            t0 = time.perf_counter()
+            for _ in it:
+                pass
+            times[a].append(1000 * (time.perf_counter() - t0) / steps)
+    torch.set_num_threads(threads)
+    return {a: min(t) for a, t in times.items()}
+
+
+def reference_rows(cfg: dict, seed: int = 0) -> dict:
+    """What fresh true samples, and the training set itself, score under the same metrics."""
+    dist, x, mask = _build(cfg, seed)
+    g = torch.Generator().manual_seed(99_000 + seed)
+    fresh = dist.sample(cfg["n_eval"], g)
+    out = {}
+    for name, pts in (("true samples", fresh), ("training set", x[:cfg["n_eval"]])):
+        m = sample_metrics(dist, pts, seed=seed, mmd=False)
+        m.pop("mode_weights", None)
+        if not dist.full_rank:
+            m["nll_smoothed"] = float(-dist.log_prob(pts, 0.05).mean())
+        if name == "true samples":
+            m.update(memorization_rate(pts, x, dist, seed=seed))
+        out[name] = m
+    out["training set"]["corrupted_share"] = float(mask.double().mean())
+    return out
+
+
+def _load_previous(out: Path) -> tuple[list[dict], dict]:
+    """Runs and 2D views of a previous study in `out` (empty if none or unreadable)."""
+    try:
+        prev = json.loads((out / "results.json").read_text())
+        with np.load(out / "samples.npz") as z:
+            views = {k: z[k] for k in z.files}
+        return prev, views
+    except (OSError, ValueError, KeyError):
+        return {}, {}
+
+
+def run_study(out: str | Path, preset: str | None = None, seeds: int = 3, quick: bool = False,
+              variants=DEFAULT_ARMS, at: dict | None = None, workers: int = 1,
+              progress: bool = True, reuse: bool = True, **overrides) -> dict:
+    """Run a study and write results.json, table.md, samples.npz and figures under `out`.
+
+    `variants`: arms of :data:`ARMS` (the four losses, and `adversarial-residual`). `at` holds
+    ATConfig fields shared by every arm (lam, r_max, exponent, r_min, ...); `overrides` any key
+    of the configuration (dist, corruption, p, s, q, steps, n_train, ...). `workers` > 1 trains
+    that many models at once in separate processes (one thread each; the numbers do not change).
+    With `reuse`, a (seed, arm) already in `out`/results.json with the same configuration is
+    loaded instead of trained again (every run is deterministic), so adding an arm or a seed
+    trains only what is new. Returns the results dict.
+    """
+    cfg = study_config(preset, quick, **overrides)
+    if int(seeds) != seeds or seeds < 1:
+        raise ValueError(f"seeds must be an integer >= 1, got {seeds}")
+    unknown = [v for v in variants if v not in ARMS]
+    if unknown:
+        raise ValueError(f"unknown variant(s) {unknown}; choose from {sorted(ARMS)}")
+    at = dict(at or {})
+    known = {f.name for f in fields(ATConfig)} - {"variant"}
+    if set(at) - known:
+        raise ValueError(f"unknown AT options {sorted(set(at) - known)}; known: {sorted(known)}")
+    at_cfg = {a: ATConfig(**{**at, **ARMS[a]}).as_dict() for a in variants}   # validates
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    prev, views = _load_previous(out) if reuse else ({}, {})
+    same_cfg = json.loads(json.dumps(prev.get("config"))) == json.loads(json.dumps(cfg))
+    done = {(r["seed"], r["variant"]): r for r in prev.get("runs", [])
+            if same_cfg and r.get("at") == at_cfg.get(r["variant"])
+            and f"{r['variant']}_seed{r['seed']}" in views}
+    jobs, runs = [], {}
+    for s in range(seeds):
+        for a in variants:
+            if (s, a) in done:
+                runs[(s, a)] = {**done[(s, a)], "view": views[f"{a}_seed{s}"]}
+            else:
+                jobs.append({"cfg": cfg, "seed": s, "arm": a, "at": at_cfg[a], "threads": 1,
+                             "progress": progress and workers == 1})
+    from tqdm.auto import tqdm
+    t0 = time.perf_counter()
+    if jobs and workers > 1:
+        import multiprocessing as mp
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as ex:
+            new = list(tqdm(ex.map(train_and_evaluate, jobs), total=len(jobs), desc="at-dm-study",
+                            disable=not progress))
+    else:
+        new = [train_and_evaluate(j) for j in tqdm(jobs, desc="at-dm-study", disable=not progress)]
+    runs.update({(r["seed"], r["variant"]): r for r in new})
+    runs = [runs[(s, a)] for s in range(seeds) for a in variants]
+    cost = cost_table()
+    cost = {a: dict(cost[at_cfg[a]["variant"]]) for a in variants}
+    ms = measure_cost(cfg, variants, at)
+    for a in variants:
+        cost[a]["ms_per_step"] = ms[a]
+        if "standard" in variants:
+            cost[a]["measured_relative"] = ms[a] / ms["standard"]
+    results = {"meta": {"torch": torch.__version__, "threads_per_model": 1, "workers": workers,
+                        "seconds": time.perf_counter() - t0, "seeds": seeds,
+                        "trained": len(jobs), "reused": len(runs) - len(jobs)},
+               "config": cfg, "at": at_cfg, "cost": cost, "reference": reference_rows(cfg, 0),
+               "summary": summarize(runs, variants),
+               "runs": [{k: v for k, v in r.items() if k != "view"} for r in runs]}
+    table = markdown_table(results)
+    atomic_write_text(out / "results.json", json.dumps(results, indent=1, default=float))
+    atomic_write_text(out / "table.md", table + "\n")
+    atomic_savez(out / "samples.npz", **{f"{r['variant']}_seed{r['seed']}": r["view"] for r in runs})
+    plot_study(results, runs, cfg, out)
+    if progress:
+        print(table)
+        print(f"\nwrote {out}/results.json, table.md and figures "
+              f"({results['meta']['seconds']:.0f} s; {len(jobs)} models trained, "
+              f"{len(runs) - len(jobs)} reused)")
+    return results
+
+
+# ----------------------------------------------------------------------- command line
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register `at-dm-study` on a subparsers object (the lead hooks it under `dmat toy`)."""
+    p = sub.add_parser("at-dm-study", help="standard vs AT (random, adversarial) vs invariance "
+                       "training of a toy denoiser on corrupted known-density data",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", choices=sorted(PRESETS), help="a named setting (flags override it)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per variant (default: 3)")
+    p.add_argument("--quick", action="store_true", help="tiny sizes (also set by DMAT_QUICK=1)")
+    p.add_argument("--workers", type=int, default=1, help="models trained at once (default: 1)")
+    p.add_argument("--variants", nargs="+", default=list(DEFAULT_ARMS), choices=list(ARMS),
+                   help="which arms to train (default: all five)")
+    p.add_argument("--fresh", action="store_true", help="retrain every model even if --out "
+                   "already holds it with the same configuration")
+    g = p.add_argument_group("data (defaults from the preset, else ring8 clean)")
+    g.add_argument("--dist", choices=["ring8", "grid25", "plane3d", "subspace", "anisotropic"])
+    g.add_argument("--corruption", choices=["clean", "inlier", "outlier", "offplane"])
+    g.add_argument("--p", type=float, help="fraction with inlier / off-plane noise (0.9)")
+    g.add_argument("--s", type=float, help="std of that noise, data units (0.2)")
+    g.add_argument("--q", type=float, help="fraction of outliers (0.1)")
+    g.add_argument("--outlier", choices=["uniform", "cluster"], help="outlier model")
+    g.add_argument("--n-train", type=int, help="training-set size (tiny: memorization)")
+    g.add_argument("--steps", type=int, help="training steps")
+    g.add_argument("--batch", type=int, help="minibatch size")
+    g.add_argument("--n-eval", type=int, help="samples per model")
+    a = p.add_argument_group("AT (defaults: SCIENCE.md section 3)")
+    a.add_argument("--lam", type=float, help="AT weight lambda (0.3)")
+    a.add_argument("--r-max", type=float, help="budget at high noise, noise units (1.0)")
+    a.add_argument("--exponent", type=float, help="budget shape exponent (2)")
+    a.add_argument("--r-min", type=float, help="budget floor (0.125, see --min-units)")
+    a.add_argument("--min-units", choices=["data", "noise"], help="floor in data units x "
+                   "sigma_data, or in noise units (data)")
+    a.add_argument("--fgsm-step", type=float, help="FGSM step / r(sigma) (1.0)")
+    a.add_argument("--attack-target", choices=["gap", "residual"], help="FGSM objective (gap)")
+    a.add_argument("--detach-clean", action="store_true", default=None,
+                   help="stop the gradient through eps_th(x) in the AT target")
+    a.add_argument("--weighting", choices=["edm", "eps"], help="per-sigma loss weight (edm)")
+    p.set_defaults(func=_main)
+
+
+def _main(a: argparse.Namespace) -> int:
+    at = {k: getattr(a, k) for k in ("lam", "r_max", "exponent", "r_min", "min_units",
+                                     "fgsm_step", "attack_target", "detach_clean", "weighting")
+          if getattr(a, k) is not None}
+    over = {k: getattr(a, k) for k in ("dist", "corruption", "p", "s", "q", "outlier", "n_train",
+                                       "steps", "batch", "n_eval")}
+    run_study(a.out, a.preset, a.seeds, a.quick or os.environ.get("DMAT_QUICK") == "1",
+              tuple(a.variants), at, a.workers, reuse=not a.fresh, **over)
+    return 0
+
+
+def main(argv=None) -> int:
+    """Stand-alone entry point: `python -m dmat_core.experiments.at_dm_study --preset ...`."""
+    parser = argparse.ArgumentParser(prog="at-dm-study")
+    add_parser(parser.add_subparsers(dest="cmd"))
+    args = parser.parse_args(["at-dm-study", *(argv if argv is not None else __import__("sys").argv[1:])])
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
