@@ -47,7 +47,8 @@ def lab(tmp_path_factory):
     for p in VIEWER_NOTEBOOKS:
         shutil.copy(ROOT / "notebooks" / p, root / p)
     port, token = _free_port(), "dmat-test"
-    env = dict(os.environ, DMAT_QUICK="1", DMAT_DATA=str(root / "data"), MPLBACKEND="module://matplotlib_inline.backend_inline")
+    # a private workspace folder: JupyterLab would otherwise restore the tabs of an earlier run
+    env = dict(os.environ, JUPYTERLAB_WORKSPACES_DIR=str(root / "workspaces"), DMAT_QUICK="1", DMAT_DATA=str(root / "data"), MPLBACKEND="module://matplotlib_inline.backend_inline")
     log = open(root / "lab.log", "w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
@@ -87,7 +88,8 @@ def test_sigma_slider_rerenders_figure(lab, name):
             args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"])
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.goto(f"{url}/lab/tree/{name}?token={token}", timeout=120_000)
+        page.goto(f"{url}/lab/workspaces/{name.split('_')[0]}/tree/{name}?reset&token={token}",
+                  timeout=120_000)
         page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=120_000)
         page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle'], "
                                ".jp-Notebook-ExecutionIndicator", timeout=120_000)
@@ -113,7 +115,7 @@ def test_sigma_slider_rerenders_figure(lab, name):
         while time.time() < deadline and after == before:
             time.sleep(1.0)
             after = out.screenshot()
-        text = page.locator(".jp-Notebook").inner_text()
+        text = page.locator(".jp-Notebook").first.inner_text()
         (root / f"{name}.before.png").write_bytes(before)
         (root / f"{name}.after.png").write_bytes(after)
         browser.close()
