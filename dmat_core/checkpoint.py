@@ -29,6 +29,15 @@ __all__ = ["atomic_open", "atomic_save", "atomic_write_bytes", "atomic_write_tex
 PathLike = Union[str, os.PathLike]
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
 @contextlib.contextmanager
 def atomic_open(path: PathLike, mode: str = "wb", **kwargs: Any) -> Iterator[IO]:
     """Open a temporary file beside ``path``; on clean exit it atomically becomes ``path``.
@@ -46,6 +55,7 @@ def atomic_open(path: PathLike, mode: str = "wb", **kwargs: Any) -> Iterator[IO]
             yield f
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)   # mkstemp makes 0600; give the file the usual mode
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -111,3 +111,12 @@ def test_rng_state_generators_by_position_and_missing_name():
     assert torch.equal(a, torch.rand(2, generator=g2))
     with pytest.raises(KeyError, match="other"):
         ckpt.set_rng_state(state, {"other": g1})
+
+
+def test_atomic_files_get_the_usual_permissions(tmp_path):
+    import os
+    from dmat_core.checkpoint import atomic_write_text
+    atomic_write_text(tmp_path / "a.txt", "x")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o666 & ~mask
