@@ -66,15 +66,21 @@ def attack_mode(model: nn.Module, bn_mode: str = "eval") -> Iterator[nn.Module]:
 
 # ----------------------------------------------------------------------------- checks
 
-def check_attack_inputs(x: torch.Tensor, y: Optional[torch.Tensor], eps: float, norm: str,
-                        clip: Clip) -> Tuple[float, str]:
-    """Validate the input contract; return ``(eps, norm)`` as float and lower-case string."""
+def check_budget(eps: float, norm: str) -> Tuple[float, str]:
+    """A threat model's budget: ``(eps, norm)`` as a finite float >= 0 and 'linf' or 'l2'."""
     norm = str(norm).lower()
     if norm not in NORMS:
         raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
     eps = float(eps)
     if not math.isfinite(eps) or eps < 0:
         raise ValueError(f"eps must be finite and >= 0, got {eps}")
+    return eps, norm
+
+
+def check_attack_inputs(x: torch.Tensor, y: Optional[torch.Tensor], eps: float, norm: str,
+                        clip: Clip) -> Tuple[float, str]:
+    """Validate the input contract; return ``(eps, norm)`` as float and lower-case string."""
+    eps, norm = check_budget(eps, norm)
     if not torch.is_floating_point(x):
         raise ValueError(f"x must be a floating-point tensor (images in [0, 1]), got {x.dtype}; "
                          "divide uint8 images by 255")

@@ -46,19 +46,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from .attacks import NORMS, check_budget
+
 Tensor = torch.Tensor
-NORMS = ("linf", "l2")
 _SCALE = 2 ** 30          # masses -> integer capacities for the max flow (total mass <= 1)
 
 
-def _check(eps, norm: str) -> tuple[float, str]:
-    norm = str(norm).lower()
-    if norm not in NORMS:
-        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
-    eps = float(eps)
-    if not math.isfinite(eps) or eps < 0:
-        raise ValueError(f"eps must be finite and >= 0, got {eps}")
-    return eps, norm
+_check = check_budget   # the same budget contract as the attacks
 
 
 def _vec_norm(v: Tensor, norm: str) -> Tensor:
