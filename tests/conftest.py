@@ -17,3 +17,12 @@ import torch  # noqa: E402
 def gen():
     """A fresh seeded CPU generator."""
     return torch.Generator().manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """A test that changes torch's thread count must not change the tests after it (results
+    that must be bitwise equal depend on the summation order, hence on the thread count)."""
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)

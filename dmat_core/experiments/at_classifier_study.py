@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from ..attacks import pgd, trades_inner
+from ..train_utils import torch_threads
 from ..at_losses import pgd_at_loss, trades_loss
 from ..checkpoint import atomic_write_text
 from ..classifiers import ToyMLP
@@ -220,7 +221,11 @@ def evaluate(f, x_test, y_test, x_real, y_real, cfg: dict, seed: int) -> dict:
 
 def run_seed(job: dict) -> dict:
     """Every variant for one seed (one draw of the real points). Picklable for workers."""
-    torch.set_num_threads(job.get("threads", 1))
+    with torch_threads(job.get("threads", 1)):
+        return _run_seed(job)
+
+
+def _run_seed(job: dict) -> dict:
     cfg, seed = job["cfg"], job["seed"]
     dist = make_dist(cfg)
     x_real, y_real = real_points(dist, cfg["n_real"], seed)

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from ..checkpoint import atomic_savez, atomic_write_text
+from ..train_utils import torch_threads
 from ..corruption import corrupt
 from ..diffusion import edm_sigmas
 from ..dm_losses import VARIANTS, ATConfig, cost_table
@@ -145,7 +146,11 @@ def project_2d(x: torch.Tensor, dist):
 
 def train_and_evaluate(job: dict) -> dict:
     """One (seed, arm) cell of the study: build the data, train, evaluate. Picklable."""
-    torch.set_num_threads(job.get("threads", 1))
+    with torch_threads(job.get("threads", 1)):
+        return _train_and_evaluate(job)
+
+
+def _train_and_evaluate(job: dict) -> dict:
     cfg, seed, at = job["cfg"], job["seed"], ATConfig(**job["at"])
     dist, x, _ = _build(cfg, seed)
     sd = data_std(x)
