@@ -429,7 +429,12 @@ def train_at(config, **kwargs) -> dict:
         trainer = ATTrainer(cfg, **kwargs)
         for _ in trainer.run():
             pass
-        return trainer.result()
+        result = trainer.result()
+        if own_group:
+            # every rank done (rank 0 has written its files) before any tears the group down:
+            # gloo aborts a rank whose peer closes the connection under it
+            dist.barrier()
+        return result
     finally:
         if own_group:
             dist.destroy_process_group()
