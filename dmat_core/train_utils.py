@@ -30,7 +30,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from .checkpoint import atomic_write_text
 
 __all__ = ["one_cycle_cosine", "EMA", "param_groups", "bn_momentum", "strip_batchnorm",
-           "dist_info", "unwrap", "all_reduce_sum", "CSVLog"]
+           "dist_info", "unwrap", "all_reduce_sum", "CSVLog", "process_group", "derived_seed"]
 
 NORM_LAYERS = (_BatchNorm, nn.GroupNorm, nn.LayerNorm)
 
@@ -244,3 +244,32 @@ def torch_threads(n: int):
         yield
     finally:
         torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
+def process_group(device=None):
+    """Under ``torchrun`` (WORLD_SIZE > 1) with no process group yet: start one (nccl when this
+    run uses CUDA, else gloo), run the block, then a barrier (every rank done, rank 0's files
+    written, before any rank tears the group down: gloo aborts a rank whose peer closes the
+    connection under it) and destroy it. Otherwise a no-op."""
+    rank, world, local = dist_info()
+    own = world > 1 and dist.is_available() and not dist.is_initialized()
+    if own:
+        cuda = torch.cuda.is_available() and not str(device or "").startswith("cpu")
+        if cuda:
+            torch.cuda.set_device(local)
+        dist.init_process_group("nccl" if cuda else "gloo")
+    try:
+        yield
+        if own:
+            dist.barrier()
+    finally:
+        if own:
+            dist.destroy_process_group()
+
+
+def derived_seed(*ints: int) -> int:
+    """A 63-bit seed that is a pure function of the integers given (one random stream per
+    (seed, purpose, step, ...), so a resumed run draws exactly what an uninterrupted one draws)."""
+    import numpy as np
+    return int(np.random.SeedSequence([int(i) for i in ints]).generate_state(1, np.uint64)[0] >> 1)
