@@ -87,24 +87,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _extension_hooks():
-    """Sub-commands of later layers (studies, trainers), added where their modules exist."""
-    hooks = []
-    try:
-        from .experiments import at_dm_study
-        hooks.append(lambda sub, tsub: at_dm_study.add_parser(tsub))
-    except ImportError:
-        pass
-    try:
-        from .experiments import train_at_cli
-        hooks.append(lambda sub, tsub: train_at_cli.add_parser(sub))
-    except ImportError:
-        pass
-    try:
-        from .experiments import at_classifier_study
-        hooks.append(lambda sub, tsub: at_classifier_study.add_parser(tsub))
-    except ImportError:
-        pass
-    return hooks
+    """Sub-commands of the later layers (studies, trainers, generation), each registered by the
+    module that implements it. Imported here, not at the top, so `dmat --help` stays quick."""
+    from .experiments import (at_classifier_study, at_dm_study, generate_cli, train_at_cli,
+                              train_dm_cli)
+    return [lambda sub, tsub: at_dm_study.add_parser(tsub),
+            lambda sub, tsub: train_at_cli.add_parser(sub),
+            lambda sub, tsub: at_classifier_study.add_parser(tsub),
+            lambda sub, tsub: train_dm_cli.add_parser(sub),
+            lambda sub, tsub: generate_cli.add_parser(sub)]
 
 
 def main(argv: list[str] | None = None) -> int:

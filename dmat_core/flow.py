@@ -134,14 +134,31 @@ def memorization_rate(samples: Tensor, train: Tensor, dist: GaussianMixture | No
 
 
 # ----------------------------------------------------------------------- attacks
+def _uniform(x: Tensor, generator) -> Tensor:
+    """U[0, 1) of x's shape and dtype, drawn on the generator's device, then moved to x's."""
+    device = generator.device if generator is not None else x.device
+    return torch.rand(x.shape, generator=generator, dtype=x.dtype, device=device).to(x.device)
+
+
+def deviation(D, x: Tensor, x_adv: Tensor, sigma: float, labels=None) -> Tensor:
+    """||D(x_adv, sigma) - D(x, sigma)||_2 per sample, (B,) float64, over all non-batch dims."""
+    with torch.no_grad():
+        return (D(x_adv, sigma, labels) - D(x, sigma, labels)).flatten(1).double().norm(dim=1)
+
+
 def denoiser_deviation_attack(D, x: Tensor, sigma: float, budget: float, n_iter: int = 10,
                               step: float | None = None, restarts: int = 1,
-                              generator=None) -> Tensor:
+                              generator=None, labels=None, keep_best: bool = False) -> Tensor:
     """PGD (sign steps from a random start, Madry et al. 2018) on delta = sigma w with w in the
     noise-unit box [-budget, budget]^d, maximising the denoiser's deviation
-    ||D(x + delta, sigma) - D(x, sigma)||^2 per point; with `restarts` > 1 the best of several
-    random starts is kept per point (the landscape has several local maxima). Step size
-    2.5 budget / n_iter by default. Returns x + delta (detached)."""
+    ||D(x + delta, sigma, labels) - D(x, sigma, labels)||^2 per sample; with `restarts` > 1 the
+    best of several random starts is kept per sample (the landscape has several local maxima).
+
+    x: (B, ...) any shape (points (B, d), images (B, C, H, W)); sums run over all non-batch dims.
+    The random start is w0 = budget (2U - 1), U ~ U[0, 1) drawn from `generator` (on its own
+    device, then moved to x's). Step size 2.5 budget / n_iter by default. `keep_best` keeps,
+    per sample, the best of every iterate (the random start included) instead of the last one,
+    so the deviation never ends below the start's. Returns x + delta (detached)."""
     if budget < 0 or n_iter < 1 or restarts < 1:
         raise ValueError(f"need budget >= 0, n_iter >= 1, restarts >= 1; got {budget}, {n_iter}, {restarts}")
     if budget == 0:
@@ -149,48 +166,62 @@ def denoiser_deviation_attack(D, x: Tensor, sigma: float, budget: float, n_iter:
     step = 2.5 * budget / n_iter if step is None else step
     x = x.detach()
     with torch.no_grad():
-        d_ref = D(x, sigma)
-    best_w, best = torch.zeros_like(x), torch.full((x.shape[0],), -1.0, dtype=torch.float64)
+        d_ref = D(x, sigma, labels)
+    best_w = torch.zeros_like(x)
+    best = torch.full((x.shape[0],), -1.0, dtype=torch.float64, device=x.device)
+
+    def keep(w: Tensor, dev: Tensor) -> None:                             # per-sample maximum
+        better = dev > best
+        best_w[better], best[better] = w[better], dev[better]
+
     for _ in range(restarts):
-        w = (2 * torch.rand(x.shape, generator=generator, dtype=x.dtype) - 1) * budget
+        w = (2 * _uniform(x, generator) - 1) * budget
         for _ in range(n_iter):
             w.requires_grad_(True)
             with torch.enable_grad():
-                dev = ((D(x + sigma * w, sigma) - d_ref) ** 2).sum()
-                (grad,) = torch.autograd.grad(dev, w)
+                dev = (D(x + sigma * w, sigma, labels) - d_ref) ** 2      # (B, ...)
+                (grad,) = torch.autograd.grad(dev.sum(), w)
+            if keep_best:
+                keep(w.detach(), dev.detach().flatten(1).sum(1).double())
             w = (w.detach() + step * grad.sign()).clamp(-budget, budget)
         with torch.no_grad():
-            dev = ((D(x + sigma * w, sigma) - d_ref) ** 2).flatten(1).sum(1).double()
-        better = dev > best
-        best_w[better], best[better] = w[better], dev[better]
+            dev = ((D(x + sigma * w, sigma, labels) - d_ref) ** 2).flatten(1).sum(1).double()
+        keep(w, dev)
     return (x + sigma * best_w).detach()
 
 
 def trajectory_attack(D, latents: Tensor, steps: int = 18, attack_step: int = 12,
                       budget: float = 0.5, n_iter: int = 10, restarts: int = 1, seed: int = 0,
-                      **sigma_kw) -> Tensor:
+                      labels=None, keep_best: bool = False, return_state: bool = False,
+                      **sigma_kw):
     """EDM Heun sampling with an attack at one step (Briglia et al., attacks on the trajectory).
 
     Runs `attack_step` Heun steps on `edm_sigmas(steps)`, perturbs the state x_k at sigma_k
     within the noise-unit box of half-width `budget` (so ||delta||_inf <= budget * sigma_k) to
-    maximise the denoiser's deviation (:func:`denoiser_deviation_attack`), then finishes the
-    sampling from there. `budget=0` gives exactly the unattacked samples. Returns (B, d).
+    maximise the denoiser's deviation (:func:`denoiser_deviation_attack`, random start from a
+    CPU generator seeded `seed`), then finishes the sampling from there (Heun restarted at x_k,
+    latents x_k / sigma_k). `labels` go to every denoiser call (class-conditional models).
+    `budget=0` gives the unattacked samples. Returns the samples, shaped like `latents`; with
+    `return_state` also {"x_k", "x_k_adv", "sigma_k"} (the state before and after the attack).
     """
     sigmas = edm_sigmas(steps, **sigma_kw)
     if not (0 <= attack_step < steps):
         raise ValueError(f"attack_step must be in [0, {steps - 1}], got {attack_step}")
     x = None
     with torch.no_grad():
-        for x in edm_heun(D, latents, sigmas[:attack_step + 1]):
+        for x in edm_heun(D, latents, sigmas[:attack_step + 1], labels):
             pass
-    s_k = float(sigmas[attack_step])
-    x = denoiser_deviation_attack(D, x, s_k, budget, n_iter, restarts=restarts,
-                                  generator=torch.Generator().manual_seed(seed))
+    x_k, s_k = x, float(sigmas[attack_step])
+    x = denoiser_deviation_attack(D, x_k, s_k, budget, n_iter, restarts=restarts, labels=labels,
+                                  generator=torch.Generator().manual_seed(seed), keep_best=keep_best)
+    x_k_adv = x
     with torch.no_grad():
-        for x in edm_heun(D, x / s_k, sigmas[attack_step:]):
+        for x in edm_heun(D, x_k_adv / s_k, sigmas[attack_step:], labels):
             pass
+    if return_state:
+        return x, {"x_k": x_k, "x_k_adv": x_k_adv, "sigma_k": s_k}
     return x
 
 
-__all__ = ["jacobian_frobenius", "trajectory_stats", "memorization_rate",
+__all__ = ["jacobian_frobenius", "trajectory_stats", "memorization_rate", "deviation",
            "denoiser_deviation_attack", "trajectory_attack"]

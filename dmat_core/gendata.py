@@ -27,7 +27,7 @@ from typing import Iterable, Optional, Sequence, Union
 
 import numpy as np
 
-from .checkpoint import atomic_open, atomic_savez, atomic_write_text
+from .checkpoint import atomic_open, atomic_write_text
 
 __all__ = ["IMAGE_SHAPE", "load_generated", "save_generated", "merge_generated",
            "npz_to_npy_dir", "validate_generated"]
@@ -35,6 +35,7 @@ __all__ = ["IMAGE_SHAPE", "load_generated", "save_generated", "merge_generated",
 PathLike = Union[str, os.PathLike]
 IMAGE_SHAPE = (32, 32, 3)
 _CHUNK = 8192  # images per chunk when streaming
+_ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed member timestamps: the same arrays give the same bytes
 
 
 def validate_generated(images: np.ndarray, labels: np.ndarray, num_classes: Optional[int] = 10,
@@ -194,13 +195,16 @@ def _as_numpy(x) -> np.ndarray:
 
 
 def save_generated(path: PathLike, images, labels, num_classes: Optional[int] = None) -> None:
-    """Validate and write a generated set as an uncompressed ``.npz`` (atomic).
+    """Validate and write a generated set as an uncompressed ``.npz`` (atomic, byte-reproducible).
 
     ``images`` uint8 (N, 32, 32, 3) NHWC RGB, ``labels`` integer (N,) (numpy or torch).
     """
     images, labels = _as_numpy(images), _as_numpy(labels)
     validate_generated(images, labels, num_classes, where=f"save_generated({path})")
-    atomic_savez(path, image=np.ascontiguousarray(images), label=np.ascontiguousarray(labels))
+    with atomic_open(path, "wb") as f, \
+            zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for key, a in (("image", images), ("label", labels)):
+            _write_npy_member(zf, key, a.shape, a.dtype, (a[i:i + _CHUNK] for i in range(0, len(a), _CHUNK)))
 
 
 def _write_npy_member(zf: zipfile.ZipFile, key: str, shape: tuple, dtype: np.dtype,
@@ -208,7 +212,7 @@ def _write_npy_member(zf: zipfile.ZipFile, key: str, shape: tuple, dtype: np.dty
     """Write ``key.npy`` into an open zip from chunks, never holding the whole array."""
     header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
               "shape": shape}
-    with zf.open(f"{key}.npy", "w", force_zip64=True) as m:
+    with zf.open(zipfile.ZipInfo(f"{key}.npy", date_time=_ZIP_TIME), "w", force_zip64=True) as m:
         np.lib.format.write_array_header_1_0(m, header)
         for c in chunks:
             m.write(np.ascontiguousarray(c, dtype=dtype).tobytes())
