@@ -25,22 +25,32 @@ Tensor = torch.Tensor
 
 
 # ----------------------------------------------------------------------- Jacobian
-def _jacobian_sq(D, x: Tensor, sigma: float, method: str, n_probe: int, generator) -> Tensor:
-    """||dD/dx (x_i)||_F^2 per point, (B,)."""
+def jacobian_sq_norm(D, x: Tensor, sigma: float, method: str = "auto", n_probe: int = 8,
+                     generator: torch.Generator | None = None, labels=None) -> Tensor:
+    """||dD(x, sigma)/dx||_F^2 at every point of x (B, ...), float64 (B,): how fast the denoiser
+    (and so the probability-flow field) changes around each point; the smoothness the AT term
+    asks for. `exact` takes one backward pass per output coordinate; `hutchinson` estimates it
+    as E ||J^T v||^2 over `n_probe` Rademacher v (Hutchinson 1989), for images and high d;
+    `auto` is exact where d <= 16. `generator` draws the probes (on its own device)."""
+    if method not in ("auto", "exact", "hutchinson"):
+        raise ValueError(f"method must be 'auto', 'exact' or 'hutchinson', got {method!r}")
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
-        y = D(x, sigma)                                                    # (B, d)
-        d = y.shape[1]
-        total = torch.zeros(x.shape[0], dtype=torch.float64)
+        y = D(x, sigma) if labels is None else D(x, sigma, labels)          # (B, ...)
+        d = y[0].numel()
+        method = ("exact" if d <= 16 else "hutchinson") if method == "auto" else method
+        flat = y.reshape(y.shape[0], -1)                                   # (B, d)
+        total = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
         if method == "exact":     # row j of every point's Jacobian in one backward pass
             for j in range(d):
-                (g,) = torch.autograd.grad(y[:, j].sum(), x, retain_graph=j < d - 1)
-                total += (g.double() ** 2).sum(1)
+                (g,) = torch.autograd.grad(flat[:, j].sum(), x, retain_graph=j < d - 1)
+                total += (g.double() ** 2).flatten(1).sum(1)
             return total
         for k in range(n_probe):  # Hutchinson: E ||J^T v||^2 = ||J||_F^2 for Rademacher v
-            v = torch.randint(0, 2, y.shape, generator=generator).to(y.dtype) * 2 - 1
+            dev = generator.device if generator is not None else y.device
+            v = (torch.randint(0, 2, y.shape, generator=generator, device=dev).to(y) * 2 - 1)
             (g,) = torch.autograd.grad((y * v).sum(), x, retain_graph=k < n_probe - 1)
-            total += (g.double() ** 2).sum(1)
+            total += (g.double() ** 2).flatten(1).sum(1)
         return total / n_probe
 
 
@@ -65,8 +75,8 @@ def jacobian_frobenius(D, dist: GaussianMixture, sigmas, n: int = 512, method: s
             raise ValueError(f"Jacobian needs sigma > 0, got {s}")
         x0 = dist.sample(n, g)
         x = x0 + s * torch.randn(x0.shape, dtype=x0.dtype, generator=g)
-        jm = _jacobian_sq(D, x.to(dtype), s, method, n_probe, g)
-        je = _jacobian_sq(dist.denoiser, x, s, method, n_probe, g)
+        jm = jacobian_sq_norm(D, x.to(dtype), s, method, n_probe, g)
+        je = jacobian_sq_norm(dist.denoiser, x, s, method, n_probe, g)
         rows.append({"sigma": s, "jac_fro": float(jm.mean().sqrt()),
                      "jac_fro_exact": float(je.mean().sqrt()),
                      "per_dim": float(jm.mean().sqrt() / math.sqrt(d))})
@@ -223,5 +233,5 @@ def trajectory_attack(D, latents: Tensor, steps: int = 18, attack_step: int = 12
     return x
 
 
-__all__ = ["jacobian_frobenius", "trajectory_stats", "memorization_rate", "deviation",
+__all__ = ["jacobian_sq_norm", "jacobian_frobenius", "trajectory_stats", "memorization_rate", "deviation",
            "denoiser_deviation_attack", "trajectory_attack"]

@@ -56,7 +56,7 @@ def train_toy(model: nn.Module, data: Tensor, config: ATConfig | None = None, st
               batch: int = 512, lr: float = 2e-3, warmup: int = 100, ema: float = 0.999,
               P_mean: float = -1.2, P_std: float = 1.2, grad_clip: float = 1.0, seed: int = 0,
               progress: bool = False, checkpoint: str | Path | None = None,
-              checkpoint_every: int = 0, desc: str | None = None):
+              checkpoint_every: int = 0, desc: str | None = None, device=None):
     """Train `model` (a denoiser `D(x, sigma)` with a `sigma_data` attribute) on `data` (n, d).
 
     Yields after every step a dict: `step` (1-based), `loss`, `loss_dsm`, `loss_at`, `r_mean`
@@ -70,9 +70,14 @@ def train_toy(model: nn.Module, data: Tensor, config: ATConfig | None = None, st
         ema: EMA decay of the weights. P_mean, P_std: the training noise distribution.
         checkpoint: a file to resume from if present, and to write every `checkpoint_every`
             steps and at the end (model, EMA, optimizer, step, generator state).
+        device: where to train (default: where the model's parameters are). The data, the model
+            and the one generator everything random is drawn from live there, so a CUDA run is
+            reproducible by itself; on CPU the numbers do not depend on this argument.
     """
     config = config or ATConfig("standard")
-    data = torch.as_tensor(data).to(torch.float32)
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    model.to(device)
+    data = torch.as_tensor(data).to(device=device, dtype=torch.float32)
     if data.ndim != 2 or data.shape[0] < 1:
         raise ValueError(f"data must be (n, d) with n >= 1, got {tuple(data.shape)}")
     if int(steps) != steps or steps < 1 or int(batch) != batch or batch < 1:
@@ -80,14 +85,14 @@ def train_toy(model: nn.Module, data: Tensor, config: ATConfig | None = None, st
     if not (0 <= ema < 1):
         raise ValueError(f"ema decay must be in [0, 1), got {ema}")
     sd = float(model.sigma_data)
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator(device=device).manual_seed(seed)
     ema_model = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     start = 0
     if checkpoint is not None and Path(checkpoint).is_file():
-        ck = load_checkpoint(checkpoint)
+        ck = load_checkpoint(checkpoint, map_location=device)
         model.load_state_dict(ck["model"]), ema_model.load_state_dict(ck["ema"])
-        opt.load_state_dict(ck["opt"]), g.set_state(ck["generator"])
+        opt.load_state_dict(ck["opt"]), g.set_state(ck["generator"].cpu())
         start = int(ck["step"])
 
     def save(step):
@@ -110,7 +115,7 @@ def train_toy(model: nn.Module, data: Tensor, config: ATConfig | None = None, st
         lr_t = lr_at(step, steps, lr, warmup)
         for group in opt.param_groups:
             group["lr"] = lr_t
-        x0 = data[torch.randint(data.shape[0], (batch,), generator=g)]   # (B, d)
+        x0 = data[torch.randint(data.shape[0], (batch,), generator=g, device=device)]   # (B, d)
         loss, parts = at_dm_loss(model, x0, config, sd, P_mean=P_mean, P_std=P_std, generator=g)
         opt.zero_grad(set_to_none=True)
         loss.backward()

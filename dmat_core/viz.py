@@ -93,11 +93,11 @@ def jacobian_grid(D, sigma: float, lim: float = 3.0, n: int = 40, sub: int = 3):
     max-pooled to n*n cells, so that boundaries thinner than a cell (the exact denoiser's at small
     sigma) still show. Returns the (n, n) numpy array, the cell-centre meshgrid axes, and the RMS
     of ||dD/dx||_F over the fine grid (before pooling)."""
-    from .flow import _jacobian_sq
+    from .flow import jacobian_sq_norm
     m = n * sub
     pts, _, _ = grid(lim * (1 - 1 / m), m)                          # sub-cell centres
     x = pts.float() if _is_module(D) else pts
-    sq = _jacobian_sq(D, x, float(sigma), "exact", 0, None)                 # (m*m,)
+    sq = jacobian_sq_norm(D, x, float(sigma), "exact")                 # (m*m,)
     j = sq.sqrt().reshape(m, m)
     j = j.reshape(n, sub, n, sub).amax(dim=(1, 3)) if sub > 1 else j
     _, gx, gy = grid(lim * (1 - 1 / n), n)

@@ -54,9 +54,11 @@ def test_trainer_is_a_seeded_generator():
     assert lr_at(0, 100, 1.0, 10) == pytest.approx(0.1) and lr_at(99, 100, 1.0, 10) < 0.06
 
 
-def test_checkpoint_resume_is_exact(tmp_path):
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device"))])
+def test_checkpoint_resume_is_exact(tmp_path, device):
     x = ring8().sample(300, torch.Generator().manual_seed(0))
-    kw = dict(steps=20, batch=16, seed=1)
+    kw = dict(steps=20, batch=16, seed=1, device=device)
     full = make_toy_model(2, 1.4, seed=0, width=16, depth=1)
     *_, last = train_toy(full, x, ATConfig("random"), **kw)
     ck = tmp_path / "toy.pt"
