@@ -1,4 +1,4 @@
-"""`dmat generate`, `dmat gen-filter`, `dmat gen-quality`: generated training data from the shell.
+r"""`dmat generate`, `dmat gen-filter`, `dmat gen-quality`: generated training data from the shell.
 
     dmat generate --checkpoint runs/dm/checkpoint.pt --out gen/c10 --num-images 50000 --merge gen/c10.npz
     torchrun --standalone --nproc_per_node 8 -m dmat_core generate --checkpoint ... --out gen/c10 \
