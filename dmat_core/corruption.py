@@ -100,4 +100,31 @@ def corrupt(dist: GaussianMixture, n: int, kind: str = "clean", p: float = 0.9, 
     return x, mask
 
 
-__all__ = ["corrupt", "data_extent", "KINDS", "OUTLIER_MODES"]
+def corrupted_distribution(dist: GaussianMixture, kind: str = "clean", p: float = 0.9,
+                           s: float = 0.1) -> GaussianMixture | None:
+    """The distribution a corrupted training set of :func:`corrupt` is drawn from, where it is a
+    Gaussian mixture itself (`clean`, `inlier`, `offplane`); None for outliers.
+
+    Inlier noise turns each component N(mu, S) into (1-p) N(mu, S) + p N(mu, S + s^2 I), i.e.
+    lam + s^2 and nu + s^2; off-plane noise adds s^2 to the orthogonal variance nu only. Its exact
+    denoiser is what plain denoising-score training converges to: the *ideal standard model*,
+    the reference against which the studies read how much of the corruption a model learned.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"unknown corruption {kind!r}; choose one of {KINDS}")
+    p = _check_fraction("p", p)
+    if kind == "clean" or p == 0:
+        return dist
+    if kind == "outlier":
+        return None
+    if kind == "offplane" and (dist.U.shape[2] >= dist.dim or bool((dist.nu > 0).any())):
+        raise ValueError(f"off-plane noise needs data on a linear subspace; {dist.name} is not")
+    s2 = float(s) ** 2
+    lam = dist.lam + (s2 if kind == "inlier" else 0.0)
+    two = lambda t: torch.cat([t, t])
+    return GaussianMixture(torch.cat([(1 - p) * dist.weights, p * dist.weights]), two(dist.means),
+                           two(dist.U), torch.cat([dist.lam, lam]), torch.cat([dist.nu, dist.nu + s2]),
+                           two(dist.labels), f"{dist.name}+{kind}(p={p:g},s={s:g})")
+
+
+__all__ = ["corrupt", "corrupted_distribution", "data_extent", "KINDS", "OUTLIER_MODES"]

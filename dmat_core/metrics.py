@@ -147,7 +147,8 @@ def _chi2_cdf(k: int, c: float) -> float:
 def manifold_residual(dist: GaussianMixture, x: Tensor) -> dict:
     """Distance of samples to the data manifold of a distribution living on affine subspaces
     (nu = 0, rank < d): per sample min_k ||(I - U_k U_k^T)(x - mu_k)||. Returns its RMS, its
-    RMS per orthogonal dimension, and the share of samples farther than 0.1 from it."""
+    RMS per orthogonal dimension, and the share of samples whose distance per orthogonal dimension
+    exceeds 0.1 (||res|| > 0.1 sqrt(d - r): in R^3 around a plane, farther than 0.1)."""
     r = dist.U.shape[2]
     if r >= dist.dim or bool((dist.nu > 0).any()):
         raise ValueError(f"{dist.name} is full-rank: it has no lower-dimensional manifold")
@@ -157,7 +158,7 @@ def manifold_residual(dist: GaussianMixture, x: Tensor) -> dict:
     res = (v - torch.einsum("kdr,nkr->nkd", dist.U, p)).norm(dim=-1).min(1).values
     rms = float((res ** 2).mean().sqrt())
     return {"residual_rms": rms, "residual_rms_per_dim": rms / math.sqrt(dist.dim - r),
-            "off_manifold_share": float((res > 0.1).double().mean())}
+            "off_manifold_share": float((res > 0.1 * math.sqrt(dist.dim - r)).double().mean())}
 
 
 def sample_metrics(dist: GaussianMixture, x: Tensor, n_proj: int = 256, repeats: int = 5,

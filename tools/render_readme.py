@@ -1,6 +1,6 @@
-"""Copy results files into README.md between `<!-- include: PATH -->` and `<!-- end -->` markers,
-so every number in the README comes from a file an experiment wrote (`make readme`).
-`--check` exits 1 when README is out of date (the test suite calls it)."""
+"""Copy results files into README.md (and the notes beside the results) between
+`<!-- include: PATH -->` and `<!-- end -->` markers, so every table in them comes from a file an
+experiment wrote (`make readme`). `--check` exits 1 when one is out of date (the tests call it)."""
 from __future__ import annotations
 
 import re
@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+DOCS = ("README.md", "results/at_dm/NOTES.md")
 PATTERN = re.compile(r"(<!-- include: (?P<path>\S+) -->\n)(?P<body>.*?)(<!-- end -->)", re.S)
 
 
@@ -22,15 +23,18 @@ def render(text: str) -> str:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    readme = ROOT / "README.md"
-    old = readme.read_text()
-    new = render(old)
-    if "--check" in argv:
+    stale = []
+    for name in DOCS:
+        doc = ROOT / name
+        old = doc.read_text()
+        new = render(old)
         if new != old:
-            print("README.md is out of date with its results files: run `make readme`")
-            return 1
-        return 0
-    readme.write_text(new)
+            stale.append(name)
+            if "--check" not in argv:
+                doc.write_text(new)
+    if "--check" in argv and stale:
+        print(f"{', '.join(stale)} out of date with the results files: run `make readme`")
+        return 1
     return 0
 
 

@@ -166,3 +166,118 @@ def plot_study(results: dict, runs: list[dict], cfg: dict, out: Path) -> None:
     fig.tight_layout()
     _save(fig, out / "curves.png")
     plt.close(fig)
+
+
+# ----------------------------------------------------------------------- tuning record
+TUNED_CONFIG = ("steps", "batch", "width", "depth", "n_train")
+
+
+def compact(results: dict) -> dict:
+    """What a tuning record keeps of a study: configuration, AT settings, summary, timing."""
+    return {k: results[k] for k in ("meta", "config", "at", "summary") if k in results}
+
+
+def tuning_table(records: dict) -> str:
+    """One markdown row per recorded study (name -> :func:`compact` results): what differs from
+    the preset's defaults and from the default ATConfig, and the key measure of each arm."""
+    from ..dm_losses import ATConfig
+    from .at_dm_study import ARMS, study_config
+    default_at = ATConfig().as_dict()
+    arms = [a for a in ARMS if any(a in r["summary"] for r in records.values())]
+    lines = ["| run | preset | seeds | changed | measure | " + " | ".join(arms) + " |",
+             "|---" * (5 + len(arms)) + "|"]
+    for name, r in records.items():
+        cfg, preset = r["config"], r["config"].get("preset")
+        base = study_config(preset, cfg.get("size") == "quick")
+        changed = [f"{k}={cfg[k]}" for k in TUNED_CONFIG if cfg.get(k) != base.get(k)]
+        ats = [a for a in r["at"].values() if a["variant"] != "standard"]
+        if ats:
+            changed += [f"{k}={v}" for k, v in ats[0].items()
+                        if k != "variant" and v != default_at[k]]
+        key = "off_mode_mass" if "off_mode_mass" in next(iter(r["summary"].values())) else "residual_rms"
+        cells = []
+        for a in arms:
+            s = r["summary"].get(a, {}).get(key)
+            cells.append("" if s is None else f"{s['mean']:.3f}" + (f" ± {s['std']:.3f}" if s["n"] > 1 else ""))
+        lines.append(f"| {name} | {preset} | {r['meta']['seeds']} | {', '.join(changed) or 'defaults'} "
+                     f"| {key} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def record_tuning(run_dirs, out: str | Path) -> str:
+    """Copy the compact results of each study folder into `out`/<folder name>.json and write
+    `out`/README.md with :func:`tuning_table` over everything recorded there."""
+    import json
+    from ..checkpoint import atomic_write_text
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for d in map(Path, run_dirs):
+        r = json.loads((d / "results.json").read_text())
+        atomic_write_text(out / f"{d.name}.json", json.dumps(compact(r), indent=1, default=float))
+    records = {p.stem: json.loads(p.read_text()) for p in sorted(out.glob("*.json"))}
+    table = tuning_table(records)
+    atomic_write_text(out / "table.md", table + "\n")
+    return table
+
+
+# (preset, measure key, label, better) of the cross-preset summary
+KEY_MEASURES = [("clean-ring8", "spread_ratio", "spread (1 = true)", "1"),
+                ("clean-ring8", "off_mode_mass", "off-mode mass", "low"),
+                ("inlier-ring8", "off_mode_mass", "off-mode mass", "low"),
+                ("inlier-ring8", "nll_gap", "NLL - H", "low"),
+                ("outliers-ring8", "off_mode_mass", "off-mode mass", "low"),
+                ("plane3d-offplane", "residual_rms", "residual RMS", "low"),
+                ("subspace-inlier", "residual_rms", "residual RMS", "low"),
+                ("memorization", "mem_rate", "memorization rate", "low"),
+                ("trajectory-attack", "attack2_off_mode_mass", "off-mode mass, attack 2", "low")]
+REFERENCES = {"exact denoiser of the training distribution": "ideal: data distribution",
+              "exact denoiser of the training set": "ideal: training set",
+              "training set": "training set"}
+
+
+def summary_table(root: str | Path) -> str:
+    """The key measure of every preset under `root` (one study folder per preset), one row per
+    measure, mean ± std over seeds per arm, beside the ideal standard model and the data."""
+    import json
+    root = Path(root)
+    studies = {p: json.loads((root / p / "results.json").read_text())
+               for p in dict.fromkeys(k[0] for k in KEY_MEASURES) if (root / p / "results.json").is_file()}
+    arms = list(dict.fromkeys(a for r in studies.values() for a in r["summary"]))
+    refs = [n for n in REFERENCES if any(n in r["reference"] for r in studies.values())]
+    lines = ["| setting | measure | " + " | ".join(arms + [REFERENCES[n] for n in refs]) + " |",
+             "|---" * (2 + len(arms) + len(refs)) + "|"]
+    for preset, key, label, _ in KEY_MEASURES:
+        if preset not in studies:
+            continue
+        r = studies[preset]
+        cells = []
+        for a in arms:
+            m = r["summary"].get(a, {}).get(key)
+            cells.append("" if m is None else f"{m['mean']:.3f} ± {m['std']:.3f}")
+        for name in refs:
+            v = r["reference"].get(name, {}).get(key)
+            cells.append("" if v is None else f"{v:.3f}")
+        lines.append(f"| {preset} | {label} | " + " | ".join(cells) + " |")
+    n = {r["meta"]["seeds"] for r in studies.values()}
+    lines += ["", f"Mean ± std over {'/'.join(map(str, sorted(n)))} seeds, against the clean "
+              "distribution. *ideal*: exact denoisers sampled and measured like the models: of the "
+              "distribution the (corrupted) training set is drawn from (what standard training "
+              "converges to with unlimited data), and of the training set itself (the empirical "
+              "optimum, shown for the 32-point set). Full tables: `results/at_dm/<setting>/table.md`."]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    # python -m dmat_core.experiments.at_dm_report summary results/at_dm
+    # python -m dmat_core.experiments.at_dm_report tuning results/at_dm/tuning RUN_DIR...
+    import sys
+    from ..checkpoint import atomic_write_text
+    cmd, out, *dirs = sys.argv[1:]
+    if cmd == "summary":
+        table = summary_table(out)
+        atomic_write_text(Path(out) / "summary.md", table + "\n")
+        print(table)
+    elif cmd == "tuning":
+        print(record_tuning(dirs, out))
+    else:
+        raise SystemExit(f"unknown command {cmd!r}: use summary or tuning")

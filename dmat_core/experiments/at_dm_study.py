@@ -28,7 +28,7 @@ import torch
 
 from ..checkpoint import atomic_savez, atomic_write_text
 from ..train_utils import torch_threads
-from ..corruption import corrupt
+from ..corruption import corrupt, corrupted_distribution
 from ..diffusion import edm_sigmas
 from ..dm_losses import VARIANTS, ATConfig, cost_table
 from ..flow import jacobian_frobenius, memorization_rate, trajectory_attack, trajectory_stats
@@ -36,13 +36,13 @@ from ..metrics import sample_metrics, score_error
 from ..samplers import latent_noise, run
 from ..toy_nets import data_std
 from ..toy_train import fit_toy, make_toy_model, train_toy
-from ..toys import make_distribution
+from ..toys import GaussianMixture, make_distribution
 from .at_dm_report import markdown_table, plot_study, summarize
 
 # Sizes: `full` is what results/at_dm holds; `quick` is for tests and notebooks (seconds).
 SIZES = {
-    "full": dict(n_train=20_000, steps=3000, batch=256, n_eval=5000, jac_n=256),
-    "quick": dict(n_train=2000, steps=150, batch=128, n_eval=600, jac_n=64),
+    "full": dict(n_train=20_000, steps=3000, batch=256, n_eval=5000, jac_n=256, cost_steps=30),
+    "quick": dict(n_train=2000, steps=150, batch=128, n_eval=600, jac_n=64, cost_steps=4),
 }
 DEFAULTS = dict(dist="ring8", dist_kw={}, corruption="clean", p=0.9, s=0.2, q=0.1,
                 outlier="uniform", width=128, depth=3, lr=2e-3, ema=0.999, P_mean=-1.2,
@@ -55,7 +55,7 @@ PRESETS = {
     "outliers-ring8": dict(dist="ring8", corruption="outlier", q=0.1, outlier="uniform"),
     "plane3d-offplane": dict(dist="plane3d", corruption="offplane", p=0.9, s=0.2),
     "subspace-inlier": dict(dist="subspace", dist_kw={"d": 256, "k": 8}, corruption="inlier",
-                            p=0.9, s=0.1, width=256, depth=2, full=dict(steps=2000, n_eval=3000)),
+                            p=0.9, s=0.1, width=512, depth=2, full=dict(n_eval=3000)),
     "memorization": dict(dist="ring8", corruption="clean", full=dict(n_train=32, steps=4000),
                          quick=dict(n_train=32)),
     "trajectory-attack": dict(dist="ring8", corruption="clean",
@@ -68,6 +68,7 @@ ARMS = {**{v: {"variant": v} for v in VARIANTS},
         "adversarial-residual": {"variant": "adversarial", "attack_target": "residual"}}
 DEFAULT_ARMS = ("standard", "random", "adversarial", "adversarial-residual", "invariance")
 JAC_SIGMAS = [0.01, 0.05, 0.2, 1.0]
+NOT_IN_RUNS = {"cost_steps"}          # configuration keys that no trained model depends on
 SCORE_SIGMAS = [0.05, 0.2, 1.0]
 
 
@@ -167,11 +168,11 @@ def _train_and_evaluate(job: dict) -> dict:
             "attack": extras.get("attack"), "view": extras["view"]}
 
 
-def measure_cost(cfg: dict, arms, at: dict, steps: int = 30, rounds: int = 5) -> dict:
+def measure_cost(cfg: dict, arms, at: dict, rounds: int = 5) -> dict:
     """Milliseconds per training step of each arm, interleaved in one process (one thread) so
     that a shared machine's load hits every arm alike; the fastest of `rounds` (the least
     disturbed, as timeit does)."""
-    threads = torch.get_num_threads()
+    threads, steps = torch.get_num_threads(), cfg["cost_steps"]
     torch.set_num_threads(1)
     dist = make_distribution(cfg["dist"], **cfg["dist_kw"])
     x = dist.sample(max(cfg["batch"], 64), torch.Generator().manual_seed(0))
@@ -205,6 +206,34 @@ def reference_rows(cfg: dict, seed: int = 0) -> dict:
             m.update(memorization_rate(pts, x, dist, seed=seed))
         out[name] = m
     out["training set"]["corrupted_share"] = float(mask.double().mean())
+    for name, ideal in ideal_models(dist, x, cfg).items():
+        m, _ = evaluate(_ExactDenoiser(ideal, data_std(x)), dist, x, cfg, seed)
+        out[name] = m
+    return out
+
+
+class _ExactDenoiser:
+    """The exact denoiser of a mixture, with the `sigma_data` attribute of a trained model."""
+
+    def __init__(self, mixture: GaussianMixture, sigma_data: float):
+        self.mixture, self.sigma_data = mixture, sigma_data
+
+    def __call__(self, x, sigma, labels=None):
+        return self.mixture.denoiser(x, sigma, labels)
+
+
+def ideal_models(dist, x, cfg: dict) -> dict:
+    """What a perfect fit of the training data would do, as exact denoisers measured like the
+    trained models: the exact denoiser of the distribution the (corrupted) training set is drawn
+    from, which plain denoising training converges to with unlimited data; and, for a tiny
+    training set, the exact denoiser of the training set itself (the empirical optimum of the
+    denoising loss, which can only reproduce training points)."""
+    out = {}
+    ideal = corrupted_distribution(dist, cfg["corruption"], cfg["p"], cfg["s"])
+    if ideal is not None:
+        out["exact denoiser of the training distribution"] = ideal
+    if len(x) <= 1000:
+        out["exact denoiser of the training set"] = GaussianMixture.isotropic(x, 0.0, name="empirical")
     return out
 
 
@@ -246,7 +275,9 @@ def run_study(out: str | Path, preset: str | None = None, seeds: int = 3, quick:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     prev, views = _load_previous(out) if reuse else ({}, {})
-    same_cfg = json.loads(json.dumps(prev.get("config"))) == json.loads(json.dumps(cfg))
+    key = lambda c: json.dumps({k: v for k, v in (c or {}).items() if k not in NOT_IN_RUNS},
+                               sort_keys=True)
+    same_cfg = key(prev.get("config")) == key(cfg)
     done = {(r["seed"], r["variant"]): r for r in prev.get("runs", [])
             if same_cfg and r.get("at") == at_cfg.get(r["variant"])
             and f"{r['variant']}_seed{r['seed']}" in views}
