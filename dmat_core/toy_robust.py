@@ -33,7 +33,9 @@ restricts it (a lower bound: the kept cells are robust under an actual classifie
     A*(grid, closest-point conflicts) <= A*_eps(P) <= A*(grid, farthest-point conflicts) + tail.
 
 The robust optimum is not the robust accuracy of the Bayes classifier (:func:`bayes_classifier`):
-it gives up thin or low-mass regions whose points cannot be kept robust.
+it gives up thin or low-mass regions whose points cannot be kept robust. For K >= 3 classes the
+graph is K-partite and the optimum NP-hard in general: :mod:`dmat_core.toy_robust_multiclass`
+brackets it between certified bounds.
 """
 from __future__ import annotations
 
@@ -432,13 +434,10 @@ def _interval_mass(edges: Tensor, mean: Tensor, std: Tensor) -> Tensor:
 def class_cell_masses(dist, h: float, box=None, n_std: float = 6.5):
     """Exact class masses of the cells of a square grid of side h over `box`.
 
-    Returns (mu (2, ny, nx) float64 with class priors included, edges_x, edges_y, tail),
+    Returns (mu (K, ny, nx) float64 with class priors included, edges_x, edges_y, tail),
     tail = mixture mass outside the box. `box` = (x0, x1, y0, y1); default: the means'
     bounding box widened by n_std of the widest component, snapped to the grid.
     """
-    if dist.num_classes != 2:
-        raise ValueError(f"the optimal robust accuracy is computed for 2 classes, got "
-                         f"{dist.num_classes}: with K > 2 the conflict graph is a hypergraph")
     std = _axis_stds(dist)
     if box is None:
         pad = n_std * float(std.max())
@@ -451,9 +450,21 @@ def class_cell_masses(dist, h: float, box=None, n_std: float = 6.5):
     mx = _interval_mass(ex, dist.means[:, 0], std[:, 0])                   # (K, nx)
     my = _interval_mass(ey, dist.means[:, 1], std[:, 1])                   # (K, ny)
     per = dist.weights[:, None, None] * my[:, :, None] * mx[:, None, :]   # (K, ny, nx)
-    mu = torch.stack([per[dist.labels == c].sum(0) for c in (0, 1)])
+    mu = torch.stack([per[dist.labels == c].sum(0) for c in range(dist.num_classes)])
     tail = float((dist.weights * (1 - mx.sum(1) * my.sum(1))).sum().clamp_min(0))
     return mu, ex, ey, tail
+
+
+def conflict_offsets(h: float, radius: float, norm: str, mode: str = "centre") -> np.ndarray:
+    """(M, 2) offsets (rows, columns) of the cells of a grid of side h within `radius` of a cell,
+    measured between centres (`centre`), closest points (`min`) or farthest points (`max`)."""
+    R = int(math.floor(radius / h + 1e-9)) + 1
+    d = np.arange(-R, R + 1)
+    di, dj = np.meshgrid(d, d, indexing="ij")
+    off = np.stack([di.ravel(), dj.ravel()], 1)
+    gap = {"centre": np.abs(off), "min": np.maximum(np.abs(off) - 1, 0), "max": np.abs(off) + 1}[mode]
+    dist = gap.max(1) * h if norm == "linf" else np.sqrt((gap.astype(np.float64) ** 2).sum(1)) * h
+    return off[dist <= radius * (1 + 1e-12)]
 
 
 def _grid_conflicts(act0: np.ndarray, act1: np.ndarray, h: float, radius: float, norm: str,
@@ -464,13 +475,7 @@ def _grid_conflicts(act0: np.ndarray, act1: np.ndarray, h: float, radius: float,
     centres (`centre`), their closest points (`min`: some pair of points conflicts) or their
     farthest points (`max`: every pair of points conflicts).
     """
-    R = int(math.floor(radius / h + 1e-9)) + 1
-    d = np.arange(-R, R + 1)
-    di, dj = np.meshgrid(d, d, indexing="ij")
-    off = np.stack([di.ravel(), dj.ravel()], 1)
-    gap = {"centre": np.abs(off), "min": np.maximum(np.abs(off) - 1, 0), "max": np.abs(off) + 1}[mode]
-    dist = gap.max(1) * h if norm == "linf" else np.sqrt((gap.astype(np.float64) ** 2).sum(1)) * h
-    off = off[dist <= radius * (1 + 1e-12)]
+    off = conflict_offsets(h, radius, norm, mode)
     ny, nx = act0.shape
     r0, c0 = np.nonzero(act0)
     id0 = np.arange(len(r0))
@@ -535,6 +540,9 @@ def bayes_robust_accuracy(dist, eps: float, norm: str = "l2", h: float = 0.03, b
     `edges` (x, y) for plots.
     """
     eps, norm = _check(eps, norm)
+    if dist.num_classes != 2:
+        raise ValueError(f"bayes_robust_accuracy is exact for 2 classes, got {dist.num_classes}: "
+                         "use toy_robust_multiclass.multiclass_robust_accuracy (certified bounds)")
     if not (h > 0 and math.isfinite(h)):
         raise ValueError(f"h must be a positive grid step, got {h}")
     mu, ex, ey, tail = class_cell_masses(dist, h, box, n_std)
@@ -552,4 +560,4 @@ def bayes_robust_accuracy(dist, eps: float, norm: str = "l2", h: float = 0.03, b
 
 __all__ = ["exact_robust_accuracy", "RobustAccuracy", "ball_grid", "ibp_margin_lower", "margin",
            "pgd_agreement", "bayes_classifier", "BayesClassifier", "bayes_robust_accuracy",
-           "optimal_robust_accuracy_discrete", "class_cell_masses"]
+           "optimal_robust_accuracy_discrete", "class_cell_masses", "conflict_offsets"]

@@ -54,6 +54,51 @@ def test_data_sources():
     assert torch.allclose(cm.means, dist.means[1::2]) and cm.weights.sum() == pytest.approx(1.0)
 
 
+def test_three_class_preset_quick(tmp_path):
+    """K = 3: a three-logit classifier, one diffusion model per class, exact robust accuracy on
+    three-class points, and the optimum bracketed by the K-class bounds."""
+    res = study.run_study(tmp_path, "ring9-3class", seeds=2, quick=True, progress=False,
+                          variants=("none", "good-dm"), clf_steps=20, n_gen=100)
+    assert res["config"]["classes"] == 3 and len(res["runs"]) == 4
+    for run in res["runs"]:
+        m = run["metrics"]
+        assert m["pgd_only"] == 0 and 0 <= m["robust_lower"] <= m["robust_acc"] <= m["clean_acc"]
+    assert res["summary"]["good-dm"]["label_agreement"]["mean"] > 0
+    opt = res["reference"]["optimal"]
+    assert opt["lower"] <= opt["value"] <= opt["upper"] and opt["refine"] == 2
+    table = (tmp_path / "table.md").read_text()
+    assert table.startswith("**ring9-3class** (std 0.3, radius 2.25, 3 classes)") and "LP upper bound" in table
+    assert (tmp_path / "boundaries.png").stat().st_size > 10_000
+
+
+def test_three_class_data_sources():
+    cfg = study.study_config("ring9-3class", quick=True, dm_steps=12, dm_weak_steps=4, n_gen=30)
+    dist = study.make_dist(cfg)
+    assert dist.num_classes == 3 and torch.equal(dist.labels, torch.arange(9) % 3)
+    two = study.make_dist(study.study_config()).means
+    gap3, gap2 = (dist.means[1] - dist.means[0]).norm(), (two[1] - two[0]).norm()
+    assert abs(float(gap3 - gap2)) < 0.02                     # neighbours as far apart as on ring8-alt
+    x, y = study.real_points(dist, 5, seed=0)
+    assert x.shape == (15, 2) and y.tolist() == [0] * 5 + [1] * 5 + [2] * 5
+    assert (study.bayes_classifier(dist)(x.double()).argmax(1) == y).float().mean() > 0.8
+    gen, _ = study.generated_data(x, y, cfg, seed=0)
+    for xg, yg in gen.values():
+        assert xg.shape == (90, 2) and torch.bincount(yg).tolist() == [30, 30, 30]
+    f = study.train_classifier(x, y, gen["good-dm"], {**cfg, "clf_steps": 3}, seed=0)
+    assert f(x).shape == (15, 3)
+
+
+def test_committed_two_class_table_is_what_markdown_table_renders():
+    """The two-class results in results/at_classifier stay valid: their table renders unchanged."""
+    from pathlib import Path
+    folder = Path(study.__file__).resolve().parents[2] / "results" / "at_classifier"
+    if not (folder / "results.json").is_file():
+        pytest.skip("no committed study")
+    res = json.loads((folder / "results.json").read_text())
+    assert "classes" not in res["config"]                    # written before K classes existed
+    assert study.markdown_table(res) + "\n" == (folder / "table.md").read_text()
+
+
 def test_presets_and_config():
     for name in study.PRESETS:
         for quick in (False, True):
@@ -62,12 +107,14 @@ def test_presets_and_config():
     assert study.study_config("ring8-alt-linf")["norm"] == "linf"
     assert study.study_config("few-real")["n_real"] == 16
     assert study.study_config(eps=0.1)["eps"] == 0.1
+    assert study.study_config("ring9-3class")["classes"] == 3
 
 
 @pytest.mark.parametrize("bad", [dict(eps=-0.1), dict(norm="l1"), dict(preset="ring9"),
                                  dict(loss="mart"), dict(n_real=1), dict(seeds=0),
                                  dict(variants=("none", "gan")), dict(dm_weak_steps=50),
-                                 dict(unsup_fraction=1.0), dict(colour="red")])
+                                 dict(unsup_fraction=1.0), dict(colour="red"),
+                                 dict(classes=3), dict(classes=1, modes=8), dict(dist="grid")])
 def test_bad_input_is_a_clear_error(tmp_path, bad):
     kw = {"quick": True, "progress": False, **bad}
     with pytest.raises(ValueError):
