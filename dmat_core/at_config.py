@@ -13,7 +13,30 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-__all__ = ["TrainATConfig", "PRESETS", "PRESET_NOTES", "make_config", "parse_eps"]
+__all__ = ["TrainATConfig", "PRESETS", "PRESET_NOTES", "make_config", "parse_eps", "check_device",
+           "resolve_device"]
+
+
+def check_device(spec) -> str:
+    """A ``device`` setting as a string, checked: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``."""
+    spec = "auto" if spec is None else str(spec)
+    kind, _, index = spec.partition(":")
+    if not (spec in ("auto", "cpu", "cuda") or (kind == "cuda" and index.isdigit())):
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {spec!r}")
+    return spec
+
+
+def resolve_device(spec, local_rank: int = 0):
+    """The torch device a ``device`` setting names: ``auto`` (CUDA when available, else the CPU),
+    ``cpu``, ``cuda`` (GPU ``local_rank``: one per process under torchrun) or ``cuda:N``."""
+    import torch
+    spec = check_device(spec)
+    if spec == "auto":
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
+    if spec.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={spec!r} but CUDA is not available here; use device='cpu' or 'auto'")
+    device = torch.device(spec)
+    return torch.device("cuda", local_rank) if device.type == "cuda" and device.index is None else device
 
 
 def parse_eps(value) -> float:
@@ -37,7 +60,9 @@ class TrainATConfig:
     generated: Optional[str] = None         # generated set (.npz, SCIENCE.md section 4)
     unsup_fraction: float = 0.7             # fraction of each batch from the generated set
     n_val: int = 1024                       # first n_val training images held out (model selection)
-    epoch_size: Optional[int] = None        # images per "epoch" (default: the whole training set, 50000)
+    epoch_size: Optional[int] = None        # images per "epoch"; default: the paper's definition, the
+                                            # size of the real training set (50000) with generated data,
+                                            # the training images left after n_val without
     augment: bool = True                    # crop 32 (pad 4) + horizontal flip
     make_tiny_data: bool = False            # no CIFAR under data_dir: write the tiny synthetic archive
     # -- model
@@ -83,8 +108,12 @@ class TrainATConfig:
     log_every: int = 20
     amp: str = "auto"                       # auto (bf16 on GPUs that have it, fp16 on others, off on CPU), bf16, fp16, off
     channels_last: Optional[bool] = None    # default: on CUDA
-    device: Optional[str] = None            # default: cuda:LOCAL_RANK if available, else cpu
+    device: str = "auto"                    # auto (cuda:LOCAL_RANK if available, else cpu), cpu, cuda, cuda:N
     progress: bool = True
+
+    def __post_init__(self):
+        if self.device is None or not isinstance(self.device, str):   # None (older files), torch.device
+            self.device = "auto" if self.device is None else str(self.device)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -146,6 +175,7 @@ class TrainATConfig:
         need(self.schedule_unit in ("epoch", "step"), f"schedule_unit must be 'epoch' or 'step', got {self.schedule_unit!r}")
         need(self.amp in ("auto", "bf16", "fp16", "off"), f"amp must be auto, bf16, fp16 or off, got {self.amp!r}")
         need(self.dataset in ("cifar10", "cifar100"), f"dataset must be cifar10 or cifar100, got {self.dataset!r}")
+        self.device = check_device(self.device)
         for name in ("batch_size", "log_every"):
             v = getattr(self, name)
             need(isinstance(v, int) and v >= 1, f"{name} must be an integer >= 1, got {v!r}")
@@ -180,11 +210,11 @@ PRESETS: Dict[str, Dict[str, Any]] = {
     # and the defaults of its parser/trainer (wd 5e-4 without decay on BN, Nesterov, OneCycle
     # 'cosinew' stepped per epoch with 2.5% warm-up, EMA 0.995, PGD-40 CW model selection).
     "paper-wrn28-10": dict(arch="wrn-28-10", arch_kw={"activation": "silu"}, batch_size=512, lr=0.2,
-                           epochs=400, epoch_size=50000, schedule_unit="epoch", no_decay="bn",
+                           epochs=400, schedule_unit="epoch", no_decay="bn",
                            cycle_momentum=True, unsup_fraction=0.7),
     # About an hour on one Colab GPU (see PRESET_NOTES): PreActResNet-18, 15 epochs.
     "colab-small": dict(arch="preact-resnet18", arch_kw={"activation": "relu"}, batch_size=512, lr=0.2,
-                        epochs=15, epoch_size=50000, schedule_unit="step", no_decay="bn_bias",
+                        epochs=15, schedule_unit="step", no_decay="bn_bias",
                         unsup_fraction=0.7, checkpoint_every=200, log_every=20),
     # Seconds on a CPU, on the tiny synthetic archive (tests, "I only have a CPU").
     "cpu-quick": dict(arch="small-cnn", arch_kw={"width": 16}, batch_size=64, lr=0.05, epochs=3,
@@ -210,7 +240,11 @@ PRESET_NOTES = {
 
 
 def make_config(preset: Optional[str] = None, config_file=None, **overrides) -> TrainATConfig:
-    """Defaults < preset < JSON config file < overrides (None values are ignored)."""
+    """Defaults < preset < JSON config file < overrides.
+
+    An override of None puts the setting back to its default (``epoch_size=None``: the
+    paper's epoch definition; ``generated=None``: no generated set), whatever the preset or
+    file said; leave a setting out to keep theirs."""
     d: Dict[str, Any] = {}
     if preset is not None:
         if preset not in PRESETS:
@@ -227,5 +261,13 @@ def make_config(preset: Optional[str] = None, config_file=None, **overrides) -> 
         if not isinstance(loaded, dict):
             raise ValueError(f"{path}: a config file holds one JSON object of settings")
         d.update(loaded)
-    d.update({k: v for k, v in overrides.items() if v is not None})
+    known = {f.name for f in fields(TrainATConfig)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"unknown config key(s) {unknown}; known keys: {', '.join(sorted(known))}")
+    for k, v in overrides.items():
+        if v is None:
+            d.pop(k, None)                  # the dataclass default
+        else:
+            d[k] = v
     return TrainATConfig.from_dict(d).validate()

@@ -14,7 +14,7 @@ from typing import Optional
 
 import torch
 
-from .at_train import CHECKPOINT_FORMAT
+from .at_train import CHECKPOINT_FORMAT, WEIGHTS_FORMAT
 from .checkpoint import load_checkpoint
 from .classifiers import build_classifier, load_published_checkpoint
 from .train_utils import strip_batchnorm
@@ -32,7 +32,10 @@ def load_trained_classifier(path, arch: Optional[str] = None, *, arch_kw: Option
     (``model_state_dict`` = EMA, ``unaveraged_model_state_dict``) and plain state dicts. The
     architecture comes from the file's config when it has one, else from ``arch`` (required
     then, e.g. ``'wrn-28-10'``; ``arch`` also overrides the file). ``weights``: ``'ema'``
-    (default) or ``'model'`` (the unaveraged weights). Returns ``(model in eval mode, info)``.
+    (default) or ``'model'`` (the unaveraged weights). Returns ``(model in eval mode, info)``;
+    ``info['format']`` says what the file is: ``'dmat-at-train/1'`` (a full checkpoint),
+    ``'dmat-at-weights/1'`` (best.pt / final.pt of ``dmat train-at``), ``'published'`` (the
+    authors' files: weights without a config) or ``'state_dict'``.
     A file of another architecture raises ``CheckpointMismatchError`` (a ValueError).
     """
     if weights not in ("ema", "model"):
@@ -55,8 +58,13 @@ def load_trained_classifier(path, arch: Optional[str] = None, *, arch_kw: Option
     if same and cfg.get("batchnorm") is False:
         strip_batchnorm(model)
     load_published_checkpoint(state, model)
-    info = {"arch": getattr(model, "arch", name), "weights": weights, "step": ck.get("step"),
-            "format": ck.get("format", "published" if "model_state_dict" in ck else "state_dict")}
+    if ck.get("format") in (CHECKPOINT_FORMAT, WEIGHTS_FORMAT):
+        kind = ck["format"]
+    elif "model_state_dict" in ck:   # dmat's own weights files before they were tagged carry a config
+        kind = WEIGHTS_FORMAT if cfg.get("arch") else "published"
+    else:
+        kind = "state_dict"
+    info = {"arch": getattr(model, "arch", name), "weights": weights, "step": ck.get("step"), "format": kind}
     return model.eval(), info
 
 

@@ -6,7 +6,9 @@
             print(state["step"], state["loss"], state["val_robust_acc"])
     model = trainer.ema.module              # the EMA classifier (inputs in [0, 1], logits out)
 
-Or ``train_at(config) -> result`` (what ``dmat train-at`` runs, also under ``torchrun``).
+Or ``train_at(config, reuse=True) -> result`` (what ``dmat train-at`` runs, also under
+``torchrun``): with ``reuse``, a finished run of the same settings in ``out_dir`` is not trained
+again, its ``result.json`` is returned (:func:`finished_result`: "load if finished, else train").
 
 One step: the global batch (``unsup_fraction`` generated, the rest real) is augmented (crop +
 flip), each DDP rank takes its slice, the inner maximisation finds ``x_adv`` (TRADES: KL from
@@ -25,7 +27,8 @@ one process and with two DDP processes).
 
 Files under ``out_dir``, written by rank 0: ``config.json``, ``checkpoint.pt`` (full state),
 ``best.pt`` and ``final.pt`` (``model_state_dict`` = EMA and ``unaveraged_model_state_dict``:
-the published format, see ``load_published_checkpoint``) and ``result.json``, each atomically;
+the published format, see ``load_published_checkpoint``, tagged ``format`` =
+``WEIGHTS_FORMAT``) and ``result.json``, each atomically;
 ``log.csv`` and ``val.csv`` get one row at a time and are cut back to the checkpoint's step
 when a run resumes.
 """
@@ -44,7 +47,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .at_config import TrainATConfig, make_config
+from .at_config import TrainATConfig, make_config, resolve_device
 from .at_losses import pgd_at_loss, trades_loss
 from .attacks import pgd, trades_inner
 from .checkpoint import atomic_save, atomic_write_text, load_checkpoint, rng_state, set_rng_state
@@ -55,9 +58,11 @@ from .data import (MixedBatchSampler, augment_crop_flip, default_root, gather_mi
 from .train_utils import (EMA, CSVLog, all_reduce_sum, bn_momentum, dist_info, one_cycle_cosine,
                           param_groups, strip_batchnorm, unwrap)
 
-__all__ = ["ATTrainer", "train_at", "NonFiniteLossError", "CHECKPOINT_FORMAT"]
+__all__ = ["ATTrainer", "train_at", "finished_result", "NonFiniteLossError", "CHECKPOINT_FORMAT",
+           "WEIGHTS_FORMAT"]
 
-CHECKPOINT_FORMAT = "dmat-at-train/1"
+CHECKPOINT_FORMAT = "dmat-at-train/1"   # checkpoint.pt: the full training state
+WEIGHTS_FORMAT = "dmat-at-weights/1"    # best.pt, final.pt: weights in the published layout
 _AUG, _ATTACK, _VAL = 1, 2, 3  # random streams
 # settings that may change when a run is resumed (everything else must match the checkpoint)
 _RESUMABLE = {"out_dir", "data_dir", "generated", "progress", "log_every", "checkpoint_every",
@@ -115,10 +120,8 @@ class ATTrainer:
         self.rank, self.world_size, local_rank = dist_info()
         if cfg.batch_size % self.world_size:
             raise ValueError(f"batch_size={cfg.batch_size} must be divisible by the {self.world_size} processes")
-        self.device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = resolve_device(cfg.device, local_rank)  # "auto": cuda:LOCAL_RANK if available
         cuda = self.device.type == "cuda"
-        if cuda and self.device.index is None:  # one GPU per process under torchrun
-            self.device = torch.device("cuda", local_rank)
         self.amp_dtype = self._amp_dtype()
         self.channels_last = cuda if cfg.channels_last is None else cfg.channels_last
         self.out_dir = Path(cfg.out_dir)
@@ -350,7 +353,7 @@ class ATTrainer:
 
     def _save_weights(self, name: str, **extra) -> None:
         if self.rank == 0:
-            atomic_save({"model_state_dict": self.ema.module.state_dict(),
+            atomic_save({"format": WEIGHTS_FORMAT, "model_state_dict": self.ema.module.state_dict(),
                          "unaveraged_model_state_dict": unwrap(self.model).state_dict(),
                          "arch": self.model_arch, "config": self.cfg.to_dict(), "step": self.step_count,
                          **extra}, self.out_dir / name)
@@ -409,19 +412,40 @@ class ATTrainer:
                 ("checkpoint.pt", "best.pt", "final.pt", "log.csv", "val.csv", "config.json")}}
 
 
-def train_at(config, **kwargs) -> dict:
+def finished_result(config) -> Optional[dict]:
+    """The ``result.json`` of a finished run of these settings in ``config.out_dir``, else None.
+
+    Finished: ``final.pt`` and ``result.json`` are there (both are written after the last step).
+    The same settings: ``config.json`` agrees on every setting a resumed run must keep (all but
+    paths, logging, device and precision). A folder of other settings gives None, and training
+    into it then stops with the trainer's clear error."""
+    cfg = config if isinstance(config, TrainATConfig) else TrainATConfig.from_dict(config)
+    out = Path(cfg.out_dir)
+    if not all((out / f).is_file() for f in ("final.pt", "result.json", "config.json")):
+        return None
+    saved, now = json.loads((out / "config.json").read_text()), cfg.to_dict()
+    if any(saved.get(k) != v for k, v in now.items() if k not in _RESUMABLE):
+        return None
+    return json.loads((out / "result.json").read_text())
+
+
+def train_at(config, *, reuse: bool = False, **kwargs) -> dict:
     """Run a whole training (``dmat train-at``); under ``torchrun`` it sets up DDP itself.
 
-    ``config``: a :class:`TrainATConfig`, a dict, or a preset name. Returns :meth:`ATTrainer.result`.
+    ``config``: a :class:`TrainATConfig`, a dict, or a preset name. ``reuse``: when ``out_dir``
+    holds a finished run of the same settings, return its result without training
+    (:func:`finished_result`). Returns :meth:`ATTrainer.result`.
     """
     if isinstance(config, str):
         config = make_config(config)
     cfg = config if isinstance(config, TrainATConfig) else TrainATConfig.from_dict(config)
     cfg.validate()
+    if reuse and (done := finished_result(cfg)) is not None:
+        return done
     rank, world, local = dist_info()
     own_group = world > 1 and not dist.is_initialized()
     if own_group:
-        cuda = torch.cuda.is_available() and not str(cfg.device or "").startswith("cpu")
+        cuda = resolve_device(cfg.device, local).type == "cuda"
         if cuda:
             torch.cuda.set_device(local)
         dist.init_process_group("nccl" if cuda else "gloo")

@@ -131,9 +131,22 @@ def read_log(path) -> dict:
 
 
 def live_training(trainer_or_dir, title: str = "", smooth: int = 0, draw_every: int = 20) -> Path:
-    """Checkpoint if present, else train: given the folder of a finished run, draw the curves it
-    logged (``log.csv``, ``val.csv``); given an :class:`~dmat_core.at_train.ATTrainer`, run it to
-    the end (it resumes from its ``checkpoint.pt``) and redraw the curves live. Returns the folder."""
+    """Load if finished, else train, and draw. Given a :class:`~dmat_core.at_config.TrainATConfig`:
+    the folder of a finished run of the same settings (:func:`~dmat_core.at_train.finished_result`)
+    is drawn from its logs, otherwise an ATTrainer trains (resuming from ``checkpoint.pt``). Given a
+    folder: the curves it logged (``log.csv``, ``val.csv``); given an
+    :class:`~dmat_core.at_train.ATTrainer`: run it to the end, redrawing live. Returns the folder."""
+    from .at_config import TrainATConfig
+    if isinstance(trainer_or_dir, TrainATConfig):
+        from .at_train import ATTrainer, finished_result
+        cfg = trainer_or_dir
+        if finished_result(cfg) is not None:
+            print(f"found a finished run in {cfg.out_dir}: its logged curves (delete the folder to retrain)")
+            trainer_or_dir = Path(cfg.out_dir)
+        else:
+            trainer_or_dir = ATTrainer(cfg)   # resumes from out_dir/checkpoint.pt after an interruption
+            print(f"{trainer_or_dir.model_arch} on {trainer_or_dir.device} (amp: {trainer_or_dir.amp_dtype}), "
+                  f"{trainer_or_dir.total_steps} steps")
     if isinstance(trainer_or_dir, (str, Path)):
         out = Path(trainer_or_dir)
         cfg = json.loads((out / "config.json").read_text()) if (out / "config.json").is_file() else {}

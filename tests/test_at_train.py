@@ -17,7 +17,7 @@ import torch
 from dmat_core import data
 from dmat_core.at_config import PRESETS, TrainATConfig, make_config
 from dmat_core.at_eval import load_trained_classifier
-from dmat_core.at_train import ATTrainer, NonFiniteLossError, train_at
+from dmat_core.at_train import ATTrainer, NonFiniteLossError, finished_result, train_at
 from dmat_core.checkpoint import load_checkpoint
 from dmat_core.train_utils import EMA, one_cycle_cosine, param_groups
 
@@ -143,10 +143,73 @@ def test_load_trained_classifier_reads_every_file(tiny, reference):
         model, info = load_trained_classifier(out / "checkpoint.pt", weights=weights)
         assert info["format"] == "dmat-at-train/1" and info["step"] == N_STEPS
         assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
-    final, _ = load_trained_classifier(out / "final.pt")
+    final, info = load_trained_classifier(out / "final.pt")
     assert all(torch.equal(v, ck["ema"]["module"][k]) for k, v in final.state_dict().items())
+    assert info["format"] == "dmat-at-weights/1"                 # the user's own file, not "published"
+    assert load_trained_classifier(out / "best.pt")[1]["format"] == "dmat-at-weights/1"
     with pytest.raises(ValueError, match="does not match"):
         load_trained_classifier(out / "final.pt", "small-cnn", arch_kw={"width": 4})
+
+
+def test_weights_files_are_labelled_by_what_they_are(tiny, reference):
+    """best.pt / final.pt of train-at, also those written before the format tag, are dmat's own
+    weights; a file with the weights and no config (the authors' layout) is 'published'."""
+    ck = torch.load(tiny / "runs" / "reference" / "final.pt", weights_only=True)
+    untagged = {k: v for k, v in ck.items() if k != "format"}
+    torch.save(untagged, tiny / "untagged.pt")
+    assert load_trained_classifier(tiny / "untagged.pt")[1]["format"] == "dmat-at-weights/1"
+    published = {k: ck[k] for k in ("model_state_dict", "unaveraged_model_state_dict")}
+    torch.save(published, tiny / "published.pt")
+    model, info = load_trained_classifier(tiny / "published.pt", "small-cnn", arch_kw={"width": 8})
+    assert info["format"] == "published"
+    torch.save(ck["model_state_dict"], tiny / "plain.pt")
+    assert load_trained_classifier(tiny / "plain.pt", "small-cnn", arch_kw={"width": 8})[1]["format"] == "state_dict"
+
+
+def test_train_at_reuses_a_finished_run(tiny, reference):
+    """Load if finished, else train: a finished run of the same settings is returned as it is
+    (nothing trained or rewritten); other settings, or no run, are not taken for it."""
+    out = tiny / "runs" / "reference"
+    stamps = {f: (out / f).stat().st_mtime_ns for f in ("final.pt", "result.json", "checkpoint.pt", "log.csv")}
+    assert train_at(reference, reuse=True) == json.loads((out / "result.json").read_text())
+    assert {f: (out / f).stat().st_mtime_ns for f in stamps} == stamps
+    assert finished_result(reference.replace(progress=True, log_every=3, device="cpu")) is not None
+    assert finished_result(reference.replace(lr=0.1)) is None
+    assert finished_result(small_config(tiny, tiny / "runs" / "never")) is None
+
+
+def test_preset_without_generated_data_uses_the_real_epoch(tiny):
+    """colab-small with unsup_fraction=0: an epoch is one pass over the real training images left
+    after n_val (the paper's definition without generated data), not the 50000-image epoch of
+    mixed batches; an override of None puts any preset value back to the default."""
+    kw = dict(data_dir=str(tiny / "cifar"), out_dir=str(tiny / "runs" / "epoch"), arch="small-cnn",
+              arch_kw={"width": 4}, batch_size=32, n_val=40, amp="off", device="cpu", progress=False)
+    real = ATTrainer(make_config("colab-small", unsup_fraction=0.0, **kw), resume=False)
+    assert real.num_batches == math.ceil((200 - 40) / 32)
+    mixed = ATTrainer(make_config("colab-small", generated=str(tiny / "gen.npz"), **kw), resume=False)
+    assert mixed.num_batches == math.ceil(200 / 32)              # the real set's size (CIFAR-10: 50000)
+    assert make_config("colab-small", unsup_fraction=0.0, epoch_size=1000).epoch_size == 1000
+    assert make_config("paper-wrn28-10", generated="g.npz", epoch_size=None).epoch_size is None
+    assert make_config("cpu-quick", amp=None).amp == "auto"      # None: the default, not the preset's
+    with pytest.raises(ValueError, match="unknown config key"):
+        make_config("cpu-quick", epochsize=None)
+
+
+def test_device_comes_from_the_config(tiny, monkeypatch):
+    auto = ATTrainer(small_config(tiny, tiny / "runs" / "device", device="auto"), resume=False)
+    assert auto.device == (torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu"))
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            ATTrainer(small_config(tiny, tiny / "runs" / "device", device="cuda"), resume=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)   # a GPU machine, the caller chose the CPU
+    cpu = ATTrainer(small_config(tiny, tiny / "runs" / "device", device="cpu", amp="auto"), resume=False)
+    assert cpu.device == torch.device("cpu") and cpu.amp_dtype is None and not cpu.channels_last
+    assert next(cpu.model.parameters()).device.type == "cpu" and cpu.val_x.device.type == "cpu"
+    for bad in ("gpu", "cuda:x", "cpu:0:1"):
+        with pytest.raises(ValueError, match="device must be"):
+            small_config(tiny, tiny / "runs" / "device", device=bad)
+    assert TrainATConfig(device=torch.device("cpu")).device == "cpu"       # JSON-ready
+    assert TrainATConfig.from_dict({"device": None}).device == "auto"      # config files of before
 
 
 def test_pgd_at_method_runs(tiny):
@@ -263,7 +326,8 @@ def test_presets_are_valid():
     assert (paper.arch, paper.arch_kw, paper.batch_size, paper.lr, paper.weight_decay) == \
         ("wrn-28-10", {"activation": "silu"}, 512, 0.2, 5e-4)
     assert (paper.beta, paper.label_smoothing, paper.attack_steps, paper.unsup_fraction) == (5.0, 0.1, 10, 0.7)
-    assert paper.eps == 8 / 255 and paper.attack_step_size == 2 / 255 and paper.epoch_size == 50000
+    assert paper.eps == 8 / 255 and paper.attack_step_size == 2 / 255
+    assert paper.epoch_size is None    # the trainer's rule: the real set's size (50000) with generated data
 
 
 def test_fp16_attack_view_changes_no_step():

@@ -10,15 +10,18 @@ from dmat_core.classifiers import WideResNet
 from dmat_core.at_eval import evaluate
 
 
+def train_args(root):
+    return ["train-at", "--preset", "cpu-quick", "--data-dir", str(root / "cifar"), "--out",
+            str(root / "run"), "--steps", "6", "--n-val", "40", "--val-every", "3", "--no-progress",
+            "--set", "arch_kw={\"width\": 8}", "--set", "attack_steps=2"]
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A cpu-quick run of 6 steps through the command line."""
     root = tmp_path_factory.mktemp("cli")
     data.write_tiny_cifar(root / "cifar", n_train_per_batch=40, n_test=40, seed=0)
-    code = main(["train-at", "--preset", "cpu-quick", "--data-dir", str(root / "cifar"), "--out",
-                 str(root / "run"), "--steps", "6", "--n-val", "40", "--val-every", "3", "--no-progress",
-                 "--set", "arch_kw={\"width\": 8}", "--set", "attack_steps=2"])
-    assert code == 0
+    assert main(train_args(root)) == 0
     return root
 
 
@@ -34,6 +37,16 @@ def test_train_at_writes_result_and_logs(trained):
     assert config["attack_steps"] == 2 and config["n_val"] == 40
     assert len((trained / "run" / "log.csv").read_text().splitlines()) >= 3
     assert len((trained / "run" / "val.csv").read_text().splitlines()) == 3  # header + steps 3, 6
+
+
+def test_train_at_again_prints_the_finished_run(trained, capsys):
+    """The same command on a finished run trains nothing and rewrites nothing."""
+    run = trained / "run"
+    stamps = {f: (run / f).stat().st_mtime_ns for f in ("final.pt", "result.json", "checkpoint.pt")}
+    capsys.readouterr()
+    code, printed = run_cli(train_args(trained), capsys)
+    assert code == 0 and printed == json.loads((run / "result.json").read_text())
+    assert {f: (run / f).stat().st_mtime_ns for f in stamps} == stamps
 
 
 def test_eval_all_attacks_json(trained, capsys):
@@ -69,6 +82,7 @@ def test_eval_reads_the_published_format(trained, capsys):
     (["--arch", "wideresnet", "--arch-kw", '{"depth": 10, "width": 2}'], "does not match"),
     (["--eps", "8"], "out of range"),
     (["--attacks", "clean,fgsm"], "unknown"),
+    (["--device", "gpu"], "device must be"),
 ])
 def test_eval_errors_are_clear_and_write_nothing(trained, capsys, args, message):
     out = trained / "bad-eval.json"
@@ -84,6 +98,7 @@ def test_eval_errors_are_clear_and_write_nothing(trained, capsys, args, message)
     (["--unsup-fraction", "0.7"], "no generated set"),
     (["--set", "arch=resnet-1000"], "unknown classifier"),
     (["--config", "missing.json"], "config file not found"),
+    (["--device", "tpu"], "device must be"),
 ])
 def test_train_at_errors_are_clear_and_create_nothing(trained, capsys, args, message):
     out = trained / "bad-run"

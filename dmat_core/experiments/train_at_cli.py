@@ -8,7 +8,9 @@
 
 Settings: the paper's defaults < ``--preset`` < ``--config FILE.json`` < flags < ``--set key=value``.
 A killed run resumes where its last checkpoint left it when started again with the same
-``--out`` and settings. Results are JSON (stdout, ``result.json``, ``--out`` of eval).
+``--out`` and settings; a finished one is not trained again (its ``result.json`` is printed;
+delete the folder or use another ``--out`` to retrain). Results are JSON (stdout,
+``result.json``, ``--out`` of eval).
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from ..at_config import PRESET_NOTES, PRESETS, make_config, parse_eps
+from ..at_config import PRESET_NOTES, PRESETS, make_config, parse_eps, resolve_device
 
 from ..at_eval import ATTACKS
 
@@ -52,7 +54,7 @@ def _train_main(a: argparse.Namespace) -> int:
                  amp=a.amp, device=a.device, progress=False if a.no_progress else None)
     flags = {k: v for k, v in flags.items() if v is not None}
     cfg = make_config(a.preset, a.config, **{**flags, **_parse_set(a.set)})
-    result = train_at(cfg)
+    result = train_at(cfg, reuse=True)
     if dist_info()[0] == 0:
         print(json.dumps(result, indent=2))
     return 0
@@ -82,7 +84,7 @@ def _add_train(sub) -> None:
     p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default one epoch)")
     p.add_argument("--seed", type=int)
     p.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"])
-    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda:LOCAL_RANK if available)")
+    p.add_argument("--device", help="auto (default: cuda:LOCAL_RANK if available, else cpu), cpu, cuda, cuda:1")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="any other setting, e.g. --set arch_kw='{\"width\": 8}' (repeatable)")
@@ -110,7 +112,7 @@ def _eval_main(a: argparse.Namespace) -> int:
         raise ValueError(f"--n must be >= 1, got {a.n}")
     if Path(a.out).is_dir():
         raise ValueError(f"--out {a.out} is a folder; give a file name such as eval.json")
-    device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(a.device)
     arch_kw = json.loads(a.arch_kw) if a.arch_kw else None
     model, info = load_trained_classifier(a.checkpoint, a.arch, arch_kw=arch_kw, weights=a.weights,
                                           num_classes=100 if a.dataset == "cifar100" else None)
@@ -158,7 +160,7 @@ def _add_eval(sub) -> None:
     p.add_argument("--aa-n-iter", type=int, help="shorten APGD/FAB (quick checks only: not comparable)")
     p.add_argument("--aa-n-queries", type=int, help="shorten Square (quick checks only)")
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--device", help="default: cuda if available, else cpu")
+    p.add_argument("--device", help="auto (default: cuda if available, else cpu), cpu, cuda, cuda:N")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="JSON file to write")
     p.set_defaults(func=_eval_main)
