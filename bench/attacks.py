@@ -1,18 +1,24 @@
 """PGD-10 (Linf 8/255, step 2/255): dmat_core.attacks.pgd against torchattacks.PGD, in one process.
 
-Same model, same batch, same settings. Prints, per model: images/s of each attack call, the
+Like for like: same model, same batch, same steps (10), step size (2/255) and budget, dmat's
+``pgd(..., keep_best=False)`` (the last iterate, as torchattacks returns) and both started at x
+or from the same uniform random start (both draw ``torch.empty_like(x).uniform_(-eps, eps)``
+right after ``torch.manual_seed(0)``). Prints, per model: images/s of each attack call, the
 ratio dmat / torchattacks (> 1: dmat is faster), the "floor" (10 forward + backward passes to
-the input, the least work any PGD-10 does), and the robust accuracy each finds, with the
-attack started at x (deterministic: the two must agree) and from a uniform random start.
-dmat's pgd also evaluates its last iterate (11 forward passes, 10 backward), which
-torchattacks leaves to the caller.
+the input, the least work any PGD-10 does), the robust accuracy each finds, the share of
+examples with the same verdict, and how far the two adversarial batches are apart (share of
+bitwise-equal pixels, largest difference).
 
     .venv/bin/python bench/attacks.py                      # CPU
     .venv/bin/python bench/attacks.py --device cuda --amp bf16
+    .venv/bin/python bench/attacks.py --markdown "2-core CPU (this machine), fp32"   # RESULTS.md rows
 
-Needs `pip install torchattacks` (the `bench` extra). Note: dmat's pgd returns, per example,
-the worst iterate (a misclassified one first), torchattacks the last one, so dmat's robust
-accuracy can only be lower or equal, never higher, for the same iterates.
+Needs `pip install torchattacks` (the `bench` extra). The iterates differ only by float
+rounding: where ``x + clamp(delta, -eps, eps)`` rounds one ulp outside the budget, torchattacks
+keeps it (its output exceeds eps by ~3e-8 on some pixels) and dmat's projection moves it one ulp
+back towards x (the budget holds exactly in float32). A later gradient sign can flip on such a
+pixel, so some pixels end a step apart. (Checked: torchattacks' loop with dmat's projection gives
+dmat's output bitwise; dmat's summed loss against torchattacks' mean changes no sign here.)
 """
 from __future__ import annotations
 
@@ -95,6 +101,8 @@ def compare(name: str, model, x, y, repeats: int, amp) -> dict:
                     "speed_ratio": t["torchattacks"] / t["dmat"], "floor_images_per_s": len(y) / t["floor"],
                     "dmat_robust_acc": ra, "torchattacks_robust_acc": rb,
                     "same_verdict": robust_agreement(model, adv, y, autocast),
+                    "equal_pixels": (adv["dmat"] == adv["torchattacks"]).float().mean().item(),
+                    "max_pixel_diff": (adv["dmat"] - adv["torchattacks"]).abs().max().item(),
                     "max_abs_linf": (adv["dmat"] - x).abs().max().item()}
     return row
 
@@ -126,6 +134,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=32, help="batch of the PreActResNet-18 run (default 32)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--json", help="also write the rows to this file")
+    p.add_argument("--markdown", metavar="DEVICE", help="also print the rows of bench/RESULTS.md, "
+                   "naming the device so (e.g. '2-core CPU (this machine), fp32')")
     a = p.parse_args()
     device, amp = torch.device(a.device), (torch.bfloat16 if a.amp == "bf16" else None)
     print(f"device: {device}, threads: {torch.get_num_threads()}, torch {torch.__version__}")
@@ -146,7 +156,19 @@ def main() -> None:
                   f"{s['torchattacks_images_per_s']:8.1f} img/s   ratio {s['speed_ratio']:.3f}   "
                   f"(10 fwd+bwd floor {s['floor_images_per_s']:8.1f} img/s)   robust acc dmat "
                   f"{s['dmat_robust_acc']:.3f} / torchattacks {s['torchattacks_robust_acc']:.3f}, "
-                  f"same verdict on {s['same_verdict']:.1%}")
+                  f"same verdict on {s['same_verdict']:.1%}, equal pixels {s['equal_pixels']:.4%}, "
+                  f"largest difference {s['max_pixel_diff']:.2g}")
+    if a.markdown:
+        import datetime
+        print()
+        for r in rows:
+            for key, start in (("start_at_x", "at x"), ("random_start", "uniform, same draw")):
+                s = r[key]
+                print(f"| {datetime.date.today()} | {a.markdown} | {r['model']}, {r['batch']} | {start} | "
+                      f"{s['dmat_images_per_s']:.1f} | {s['torchattacks_images_per_s']:.1f} | "
+                      f"{s['speed_ratio']:.3f} | {s['floor_images_per_s']:.1f} | {s['dmat_robust_acc']:.3f} / "
+                      f"{s['torchattacks_robust_acc']:.3f} | {s['same_verdict']:.0%} | {s['equal_pixels']:.4%} | "
+                      f"{s['max_pixel_diff']:.2g} |")
     if a.json:
         Path(a.json).write_text(json.dumps(rows, indent=2))
 
