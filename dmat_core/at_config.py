@@ -239,17 +239,15 @@ PRESET_NOTES = {
 }
 
 
-def make_config(preset: Optional[str] = None, config_file=None, **overrides) -> TrainATConfig:
-    """Defaults < preset < JSON config file < overrides.
-
-    An override of None puts the setting back to its default (``epoch_size=None``: the
-    paper's epoch definition; ``generated=None``: no generated set), whatever the preset or
-    file said; leave a setting out to keep theirs."""
+def preset_and_file(presets: Dict[str, dict], preset: Optional[str] = None,
+                    config_file=None) -> Dict[str, Any]:
+    """The settings of a named preset updated by a JSON config file (one object), as a dict;
+    an unknown preset, a missing file or one that is not a JSON object is a clear error."""
     d: Dict[str, Any] = {}
     if preset is not None:
-        if preset not in PRESETS:
-            raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(sorted(PRESETS))}")
-        d.update(PRESETS[preset])
+        if preset not in presets:
+            raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(sorted(presets))}")
+        d.update(presets[preset])
     if config_file is not None:
         path = Path(config_file)
         if not path.is_file():
@@ -261,6 +259,16 @@ def make_config(preset: Optional[str] = None, config_file=None, **overrides) -> 
         if not isinstance(loaded, dict):
             raise ValueError(f"{path}: a config file holds one JSON object of settings")
         d.update(loaded)
+    return d
+
+
+def make_config(preset: Optional[str] = None, config_file=None, **overrides) -> TrainATConfig:
+    """Defaults < preset < JSON config file < overrides.
+
+    An override of None puts the setting back to its default (``epoch_size=None``: the
+    paper's epoch definition; ``generated=None``: no generated set), whatever the preset or
+    file said; leave a setting out to keep theirs."""
+    d = preset_and_file(PRESETS, preset, config_file)
     known = {f.name for f in fields(TrainATConfig)}
     unknown = sorted(set(overrides) - known)
     if unknown:

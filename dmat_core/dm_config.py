@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-from .at_config import parse_eps
+from .at_config import parse_eps, preset_and_file
 from .dm_losses import ATConfig
 from .unet import UNET_KEYS, UNET_SIZES
 
@@ -179,21 +179,6 @@ DM_PRESET_NOTES = {
 
 def make_dm_config(preset: Optional[str] = None, config_file=None, **overrides) -> TrainDMConfig:
     """Defaults < preset < JSON config file < keyword overrides."""
-    d: Dict[str, Any] = {}
-    if preset is not None:
-        if preset not in DM_PRESETS:
-            raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(sorted(DM_PRESETS))}")
-        d.update(DM_PRESETS[preset])
-    if config_file is not None:
-        path = Path(config_file)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file not found: {path}")
-        try:
-            loaded = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e})") from None
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{path}: a config file holds one JSON object of settings")
-        d.update(loaded)
+    d = preset_and_file(DM_PRESETS, preset, config_file)
     d.update(overrides)                     # as given: None is a value (grad_clip=None: no clipping)
     return TrainDMConfig.from_dict(d).validate()
