@@ -168,11 +168,11 @@ def _train_and_evaluate(job: dict) -> dict:
             "attack": extras.get("attack"), "view": extras["view"]}
 
 
-def measure_cost(cfg: dict, arms, at: dict, rounds: int = 5) -> dict:
+def measure_cost(cfg: dict, arms, at: dict, rounds: int = 5, steps: int | None = None) -> dict:
     """Milliseconds per training step of each arm, interleaved in one process (one thread) so
     that a shared machine's load hits every arm alike; the fastest of `rounds` (the least
-    disturbed, as timeit does)."""
-    threads, steps = torch.get_num_threads(), cfg["cost_steps"]
+    disturbed, as timeit does), each of `steps` steps (default: the size's `cost_steps`)."""
+    threads, steps = torch.get_num_threads(), steps or cfg["cost_steps"]
     torch.set_num_threads(1)
     dist = make_distribution(cfg["dist"], **cfg["dist_kw"])
     x = dist.sample(max(cfg["batch"], 64), torch.Generator().manual_seed(0))
