@@ -52,9 +52,9 @@ from .at_losses import pgd_at_loss, trades_loss
 from .attacks import pgd, trades_inner
 from .checkpoint import atomic_save, atomic_write_text, load_checkpoint, rng_state, set_rng_state
 from .classifiers import build_classifier, load_published_checkpoint
-from .data import (MixedBatchSampler, augment_crop_flip, default_root, gather_mixed, load_cifar,
-                   load_generated, split_validation, to_tensor_images, validate_generated,
-                   write_tiny_cifar)
+from .cifar import load_training_set
+from .data import (MixedBatchSampler, augment_crop_flip, gather_mixed, load_generated,
+                   split_validation, to_tensor_images, validate_generated)
 from .train_utils import (EMA, CSVLog, all_reduce_sum, bn_momentum, dist_info, one_cycle_cosine,
                           param_groups, strip_batchnorm, unwrap)
 
@@ -183,14 +183,7 @@ class ATTrainer:
             images, labels = real
             validate_generated(images, labels, self.num_classes, where="real training data")
             return images, labels
-        root = Path(self.cfg.data_dir) if self.cfg.data_dir else default_root()
-        try:
-            return load_cifar(root, self.cfg.dataset, train=True)
-        except FileNotFoundError:
-            if not self.cfg.make_tiny_data:
-                raise
-            write_tiny_cifar(root, name=self.cfg.dataset)  # deterministic, atomic: safe on every rank
-            return load_cifar(root, self.cfg.dataset, train=True)
+        return load_training_set(self.cfg.data_dir, self.cfg.dataset, self.cfg.make_tiny_data)
 
     def _load_generated(self, generated):
         if generated is not None:

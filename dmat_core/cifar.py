@@ -25,7 +25,7 @@ from .checkpoint import atomic_open, atomic_write_bytes
 from .safe_pickle import safe_load_pickle
 
 __all__ = ["CIFAR", "default_root", "load_cifar", "cifar_class_names", "split_validation",
-           "write_tiny_cifar"]
+           "write_tiny_cifar", "load_training_set"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -301,3 +301,18 @@ def write_tiny_cifar(root: PathLike, n_train_per_batch: int = 100, n_test: int =
     for member, blob in files.items():
         atomic_write_bytes(out / member, blob)
     return out
+
+
+def load_training_set(data_dir: Optional[PathLike] = None, name: str = "cifar10",
+                      make_tiny: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """The training images and labels of `name` under `data_dir` (default: `$DMAT_DATA`); with
+    `make_tiny`, a missing archive is replaced by :func:`write_tiny_cifar`'s synthetic one
+    (deterministic and written atomically, so every DDP rank may call this)."""
+    root = Path(data_dir) if data_dir else default_root()
+    try:
+        return load_cifar(root, name, train=True)
+    except FileNotFoundError:
+        if not make_tiny:
+            raise
+        write_tiny_cifar(root, name=name)
+        return load_cifar(root, name, train=True)

@@ -42,7 +42,7 @@ from torch import nn
 
 from . import samplers
 from .checkpoint import atomic_save, atomic_write_text, load_checkpoint, rng_state, set_rng_state
-from .cifar import default_root, load_cifar, write_tiny_cifar
+from .cifar import load_training_set
 from .diffusion import edm_training_sigmas
 from .dm_config import TrainDMConfig, make_dm_config
 from .dm_losses import at_dm_loss
@@ -152,14 +152,7 @@ class DMTrainer:
                 raise ValueError(f"data must be uint8 (N, H, W, C) images and N labels, got {images.dtype} "
                                  f"{images.shape} and {labels.shape}")
             return images, labels
-        root = Path(self.cfg.data_dir) if self.cfg.data_dir else default_root()
-        try:
-            return load_cifar(root, self.cfg.dataset, train=True)
-        except FileNotFoundError:
-            if not self.cfg.make_tiny_data:
-                raise
-            write_tiny_cifar(root, name=self.cfg.dataset)  # deterministic, atomic: safe on every rank
-            return load_cifar(root, self.cfg.dataset, train=True)
+        return load_training_set(self.cfg.data_dir, self.cfg.dataset, self.cfg.make_tiny_data)
 
     def _autocast(self):
         if self.amp_dtype is None:
