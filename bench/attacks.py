@@ -46,19 +46,23 @@ def sync():
 
 
 def timed(fns: dict, repeats: int) -> tuple:
-    """Fastest of ``repeats`` interleaved rounds per function (after one warm-up round): other
-    processes on the machine only ever add time, so the minimum is the cleanest estimate and the
-    interleaving spreads their load over every function alike. Returns (seconds, last outputs)."""
+    """``repeats`` interleaved rounds per function (after one warm-up round), the order rotated
+    from round to round so no function always runs first or after the same one. Returns (seconds of
+    each round per function, last outputs). The fastest round is the cleanest single estimate
+    (other processes only ever add time); the per-round ratios, paired, show the noise."""
     outs = {k: f() for k, f in fns.items()}
     times = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, f in fns.items():
+    names = list(fns)
+    for r in range(repeats):
+        order = names[r % len(names):] + names[:r % len(names)]  # each goes first as often
+        for k in order:
+            f = fns[k]
             sync()
             t0 = time.perf_counter()
             outs[k] = f()
             sync()
             times[k].append(time.perf_counter() - t0)
-    return {k: min(v) for k, v in times.items()}, outs
+    return times, outs
 
 
 def robust_accuracy(model, x_adv, y) -> float:
@@ -93,12 +97,16 @@ def compare(name: str, model, x, y, repeats: int, amp) -> dict:
             with autocast:
                 return ta(x, y)
 
-        t, adv = timed({"dmat": ours, "torchattacks": theirs, "floor": floor}, repeats)
+        rounds, adv = timed({"dmat": ours, "torchattacks": theirs, "floor": floor}, repeats)
+        t = {k: min(v) for k, v in rounds.items()}
+        paired = sorted(b / a for a, b in zip(rounds["dmat"], rounds["torchattacks"]))
+        quart = lambda q: paired[min(len(paired) - 1, round(q * (len(paired) - 1)))]  # noqa: E731
         with autocast:
             ra, rb = robust_accuracy(model, adv["dmat"], y), robust_accuracy(model, adv["torchattacks"], y)
         key = "random_start" if start else "start_at_x"
         row[key] = {"dmat_images_per_s": len(y) / t["dmat"], "torchattacks_images_per_s": len(y) / t["torchattacks"],
                     "speed_ratio": t["torchattacks"] / t["dmat"], "floor_images_per_s": len(y) / t["floor"],
+                    "paired_ratio_quartiles": [quart(0.25), quart(0.5), quart(0.75)],
                     "dmat_robust_acc": ra, "torchattacks_robust_acc": rb,
                     "same_verdict": robust_agreement(model, adv, y, autocast),
                     "equal_pixels": (adv["dmat"] == adv["torchattacks"]).float().mean().item(),
@@ -153,7 +161,8 @@ def main() -> None:
         for key in ("start_at_x", "random_start"):
             s = r[key]
             print(f"  {key:13s} dmat {s['dmat_images_per_s']:8.1f} img/s   torchattacks "
-                  f"{s['torchattacks_images_per_s']:8.1f} img/s   ratio {s['speed_ratio']:.3f}   "
+                  f"{s['torchattacks_images_per_s']:8.1f} img/s   ratio {s['speed_ratio']:.3f}   paired per round "
+                  f"{'/'.join(f'{v:.3f}' for v in s['paired_ratio_quartiles'])} (25/50/75%)   "
                   f"(10 fwd+bwd floor {s['floor_images_per_s']:8.1f} img/s)   robust acc dmat "
                   f"{s['dmat_robust_acc']:.3f} / torchattacks {s['torchattacks_robust_acc']:.3f}, "
                   f"same verdict on {s['same_verdict']:.1%}, equal pixels {s['equal_pixels']:.4%}, "
@@ -166,7 +175,8 @@ def main() -> None:
                 s = r[key]
                 print(f"| {datetime.date.today()} | {a.markdown} | {r['model']}, {r['batch']} | {start} | "
                       f"{s['dmat_images_per_s']:.1f} | {s['torchattacks_images_per_s']:.1f} | "
-                      f"{s['speed_ratio']:.3f} | {s['floor_images_per_s']:.1f} | {s['dmat_robust_acc']:.3f} / "
+                      f"{s['speed_ratio']:.3f} | {' / '.join(f'{v:.3f}' for v in s['paired_ratio_quartiles'])} | "
+                      f"{s['floor_images_per_s']:.1f} | {s['dmat_robust_acc']:.3f} / "
                       f"{s['torchattacks_robust_acc']:.3f} | {s['same_verdict']:.0%} | {s['equal_pixels']:.4%} | "
                       f"{s['max_pixel_diff']:.2g} |")
     if a.json:

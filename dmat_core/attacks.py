@@ -120,36 +120,58 @@ def _flat_norm(v: torch.Tensor, norm: str) -> torch.Tensor:
     return n.view(-1, *([1] * (v.dim() - 1)))
 
 
-def project(x_adv: torch.Tensor, x: torch.Tensor, eps: float, norm: str, clip: Clip) -> torch.Tensor:
+def linf_bounds(x: torch.Tensor, eps: float, clip: Clip) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per-coordinate interval ``[lo, hi]`` of the Linf ball around ``x`` intersected with the box.
+
+    Exact in the tensor's own arithmetic: every value ``v`` in ``[lo, hi]`` has a measured
+    ``|v - x| <= eps`` (float subtraction is monotone, so checking the two ends suffices; an
+    end that rounding pushed past the budget moves one float towards ``x`` until it holds).
+    Computed once per attack, so a projection step is a clamp with no host sync.
+    """
+    lo, hi = x - eps, x + eps
+    for _ in range(64):  # one step is almost always enough; a float has few ulps per eps
+        over_lo, over_hi = (lo - x).abs() > eps, (hi - x) > eps
+        if not (over_lo.any() or over_hi.any()):
+            break
+        lo = torch.where(over_lo, torch.nextafter(lo, x), lo)
+        hi = torch.where(over_hi, torch.nextafter(hi, x), hi)
+    else:  # pragma: no cover - only for a dtype without enough precision for eps
+        raise ArithmeticError(f"cannot represent the Linf ball of radius {eps} in {x.dtype}")
+    if clip is not None:
+        lo, hi = lo.clamp_min(clip[0]), hi.clamp_max(clip[1])
+    return lo, hi
+
+
+def project(x_adv: torch.Tensor, x: torch.Tensor, eps: float, norm: str, clip: Clip,
+            bounds: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
     """Project onto ``{||x_adv - x|| <= eps}``, then clamp into the box ``clip``.
 
-    Exact in the tensor's own arithmetic: the measured ``(x_adv - x)`` never exceeds ``eps``
-    (a last correction moves offending coordinates one float towards ``x``).
+    Exact in the tensor's own arithmetic: the measured ``(x_adv - x)`` never exceeds ``eps``.
+    Linf: ``x + clamp(x_adv - x, -eps, eps)`` (the arithmetic of Madry et al.'s and
+    torchattacks' PGD), clamped into ``bounds = linf_bounds(x, eps, clip)``, which also applies
+    the box and removes the ulp by which rounding of the sum can overshoot. Attacks pass
+    ``bounds`` computed once; without it they are computed here. L2: scale onto the sphere,
+    clamp into the box, and shrink by a few ulps where rounding overshoots.
     """
+    if norm == "linf":  # in place on one new tensor: the values of the plain expression
+        lo, hi = linf_bounds(x, eps, clip) if bounds is None else bounds
+        return (x_adv.detach() - x).clamp_(-eps, eps).add_(x).clamp_(lo, hi)
     delta = x_adv - x
-    if norm == "linf":
-        delta = delta.clamp(-eps, eps)
-    else:
-        delta = delta * (eps / _flat_norm(delta, "l2").clamp_min(1e-12)).clamp(max=1.0)
+    delta = delta * (eps / _flat_norm(delta, "l2").clamp_min(1e-12)).clamp(max=1.0)
     x_adv = x + delta
     if clip is not None:
         x_adv = x_adv.clamp(*clip)
     for _ in range(8):  # float rounding of x + delta can overshoot by an ulp
-        if norm == "linf":
-            over = (x_adv - x).abs() > eps
-            if not over.any():
-                break
-            x_adv = torch.where(over, torch.nextafter(x_adv, x), x_adv)
-        else:
-            n = _flat_norm(x_adv - x, "l2")
-            if not (n > eps).any():
-                break
-            shrink = torch.where(n > eps, eps / n * (1 - 4 * torch.finfo(x.dtype).eps), torch.ones_like(n))
-            x_adv = x + (x_adv - x) * shrink
+        n = _flat_norm(x_adv - x, "l2")
+        if not (n > eps).any():
+            break
+        shrink = torch.where(n > eps, eps / n * (1 - 4 * torch.finfo(x.dtype).eps), torch.ones_like(n))
+        x_adv = x + (x_adv - x) * shrink
     return x_adv.detach()
 
 
-def sample_ball(x: torch.Tensor, eps: float, norm: str, clip: Clip) -> torch.Tensor:
+def sample_ball(x: torch.Tensor, eps: float, norm: str, clip: Clip,
+                bounds: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
     """Uniform point of the ball: U(-eps, eps)^d (Linf) or eps * u^(1/d) * g/||g|| (L2)."""
     if norm == "linf":
         delta = torch.empty_like(x).uniform_(-eps, eps)
@@ -158,7 +180,7 @@ def sample_ball(x: torch.Tensor, eps: float, norm: str, clip: Clip) -> torch.Ten
         d = x[0].numel()
         r = eps * torch.rand(x.shape[0], device=x.device, dtype=x.dtype).pow(1.0 / d)
         delta = g / _flat_norm(g, "l2").clamp_min(1e-12) * r.view(-1, *([1] * (x.dim() - 1)))
-    return project(x + delta, x, eps, norm, clip)
+    return project(x + delta, x, eps, norm, clip, bounds)
 
 
 def _ascent_direction(g: torch.Tensor, norm: str) -> torch.Tensor:
@@ -166,6 +188,14 @@ def _ascent_direction(g: torch.Tensor, norm: str) -> torch.Tensor:
     if norm == "linf":
         return g.sign()
     return g / _flat_norm(g, "l2").clamp_min(1e-12)
+
+
+def _ascend(x_adv: torch.Tensor, g: torch.Tensor, step: float, norm: str) -> torch.Tensor:
+    """``x_adv + step * direction(g)`` as a new tensor; ``g`` (the attack's own gradient) is
+    overwritten. For Linf ``step * sign`` is exact, so the fused add equals the plain sum."""
+    if norm == "linf":
+        return torch.add(x_adv.detach(), g.sign_(), alpha=step)
+    return x_adv.detach() + step * _ascent_direction(g, norm)
 
 
 # ----------------------------------------------------------------------------- objectives
@@ -272,10 +302,11 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm:
         raise ValueError(f"steps and restarts must be >= 1, got steps={steps}, restarts={restarts}")
     alpha = 2.5 * eps / steps if step_size is None else float(step_size)
     x = x.detach()
+    bounds = linf_bounds(x, eps, clip) if norm == "linf" else None
     best, last, checked = None, None, False
     with attack_mode(model, bn_mode), torch.enable_grad():
         for _ in range(restarts):
-            x_adv = sample_ball(x, eps, norm, clip) if random_start else x.clone()
+            x_adv = sample_ball(x, eps, norm, clip, bounds) if random_start else x.clone()
             for t in range(steps + 1):
                 if t == steps and not keep_best:
                     last = x_adv.detach()
@@ -295,7 +326,7 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm:
                 if t == steps:
                     break
                 g, = torch.autograd.grad(objective.sum(), x_adv)
-                x_adv = project(x_adv.detach() + alpha * _ascent_direction(g, norm), x, eps, norm, clip)
+                x_adv = project(_ascend(x_adv, g, alpha, norm), x, eps, norm, clip, bounds)
     return best[0] if keep_best else last
 
 
@@ -323,6 +354,7 @@ def trades_inner(model: nn.Module, x: torch.Tensor, y: Optional[torch.Tensor] = 
     if step_size is None:
         step_size = eps / 4 if norm == "linf" else 2 * eps / steps
     x = x.detach()
+    bounds = linf_bounds(x, eps, clip) if norm == "linf" else None
     with attack_mode(model, bn_mode):
         with torch.no_grad():
             logits_clean = model(x)
@@ -330,9 +362,9 @@ def trades_inner(model: nn.Module, x: torch.Tensor, y: Optional[torch.Tensor] = 
                 check_labels(y, logits_clean.shape[1])
             p_clean = F.softmax(logits_clean.float(), dim=1)  # (B, K), a constant of the attack
         if init == "normal":
-            x_adv = project(x + init_scale * torch.randn_like(x), x, eps, norm, clip)
+            x_adv = project(x + init_scale * torch.randn_like(x), x, eps, norm, clip, bounds)
         elif init == "uniform":
-            x_adv = sample_ball(x, eps, norm, clip)
+            x_adv = sample_ball(x, eps, norm, clip, bounds)
         elif init == "none":
             x_adv = x.clone()
         else:
@@ -343,5 +375,5 @@ def trades_inner(model: nn.Module, x: torch.Tensor, y: Optional[torch.Tensor] = 
                 log_p_adv = F.log_softmax(model(x_adv).float(), dim=1)
                 kl = F.kl_div(log_p_adv, p_clean, reduction="sum")  # sum_i KL(p(x_i) || p(x'_i))
                 g, = torch.autograd.grad(kl, x_adv)
-                x_adv = project(x_adv.detach() + step_size * _ascent_direction(g, norm), x, eps, norm, clip)
+                x_adv = project(_ascend(x_adv, g, step_size, norm), x, eps, norm, clip, bounds)
     return x_adv

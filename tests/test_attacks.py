@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dmat_core.at_losses import pgd_at_loss, trades_kl, trades_loss
-from dmat_core.attacks import attack_objective, fgsm, pgd, trades_inner
+from dmat_core.attacks import attack_objective, fgsm, linf_bounds, pgd, project, trades_inner
 from dmat_core.classifiers import SmallCNN, ToyMLP
 
 EPS_TOY = 0.15
@@ -162,6 +162,40 @@ def test_budget_and_box_exact(cnn, name, attack, norm):
     assert (size <= eps).all()  # exactly, in the tensor's arithmetic
     assert x_adv.min() >= 0 and x_adv.max() <= 1
     assert (size > 0).any()
+
+
+def _project_linf_by_ulp_search(x_adv, x, eps, clip):
+    """The Linf projection written the slow obvious way: clamp, then step offending coordinates
+    one float towards x until the measured budget holds."""
+    out = x + (x_adv - x).clamp(-eps, eps)
+    if clip is not None:
+        out = out.clamp(*clip)
+    while True:
+        over = (out - x).abs() > eps
+        if not over.any():
+            return out
+        out = torch.where(over, torch.nextafter(out, x), out)
+
+
+@pytest.mark.parametrize("scale,clip", [(1.0, (0.0, 1.0)), (1.0, None), (300.0, None), (1e-3, (0.0, 1.0))])
+@pytest.mark.parametrize("eps", [8 / 255, 1 / 3, 0.1, 1e-7, 0.0])
+def test_linf_projection_is_exact_and_equals_the_ulp_search(scale, clip, eps):
+    g = torch.Generator().manual_seed(11)
+    x = torch.rand(4096, generator=g) * scale
+    if clip is None:
+        x = x - scale / 2
+    step = (torch.rand(4096, generator=g) * 4 - 2) * eps  # inside, on and outside the ball
+    step[::7] = eps                                       # exactly on the boundary, both signs
+    step[1::7] = -eps
+    x_adv = x + step
+    lo, hi = linf_bounds(x, eps, clip)
+    assert ((lo - x).abs() <= eps).all() and ((hi - x).abs() <= eps).all() and (lo <= hi).all()
+    out = project(x_adv, x, eps, "linf", clip)
+    assert ((out - x).abs() <= eps).all()
+    if clip is not None:
+        assert out.min() >= clip[0] and out.max() <= clip[1]
+    assert torch.equal(out, _project_linf_by_ulp_search(x_adv, x, eps, clip))
+    assert torch.equal(out, project(x_adv, x, eps, "linf", clip, (lo, hi)))
 
 
 def test_restarts_never_make_it_worse(cnn):
