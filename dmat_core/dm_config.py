@@ -67,7 +67,7 @@ class TrainDMConfig:
     out_dir: str = "runs/train-dm"
     checkpoint_every: int = 2000            # steps between full-state checkpoints (+ sample grid)
     log_every: int = 50
-    amp: str = "auto"                       # auto (bf16 on CUDA GPUs that have it), bf16, off
+    amp: str = "auto"                       # auto (bf16 on CUDA GPUs that have it), bf16 (any device), off
     channels_last: Optional[bool] = None    # default: on CUDA
     device: Optional[str] = None            # default: cuda:LOCAL_RANK if available, else cpu
     progress: bool = True

@@ -90,8 +90,9 @@ class DMTrainer:
         cuda = self.device.type == "cuda"
         if cuda and self.device.index is None:  # one GPU per process under torchrun
             self.device = torch.device("cuda", local_rank)
-        self.amp_dtype = torch.bfloat16 if cuda and (cfg.amp == "bf16" or (
-            cfg.amp == "auto" and torch.cuda.is_bf16_supported())) else None
+        # bf16 autocast: asked for (any device; CPU autocast has it too) or, with auto, on a GPU that has it
+        self.amp_dtype = torch.bfloat16 if cfg.amp == "bf16" or (
+            cfg.amp == "auto" and cuda and torch.cuda.is_bf16_supported()) else None
         self.channels_last = cuda if cfg.channels_last is None else cfg.channels_last
         self.out_dir = Path(cfg.out_dir)
 

@@ -99,6 +99,38 @@ def test_generator_stopped_midway_resumes_bitwise(tiny, reference):
     assert all(torch.equal(v, best_b["model_state_dict"][k]) for k, v in best_a["model_state_dict"].items())
 
 
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_mixed_precision_and_channels_last_resume_bitwise(tiny, reference, amp):
+    """The GPU settings, run on the CPU (its autocast has bf16 and fp16, GradScaler works there):
+    channels-last weights and batches, autocast, fp16's loss scaling and its attack view. A run
+    stopped after step 6 resumes to the uninterrupted run's state, scaler included, and autocast
+    really ran: the weights differ from the fp32 reference's."""
+    kw = dict(amp=amp, channels_last=True)
+    whole = ATTrainer(small_config(tiny, tiny / "runs" / f"{amp}-whole", **kw), resume=False)
+    assert whole.amp_dtype == {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+    assert whole.scaler.is_enabled() == (amp == "fp16") and whole.channels_last
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in whole.model.parameters() if p.dim() == 4)
+    for _ in whole.run():
+        pass
+    cfg = small_config(tiny, tiny / "runs" / f"{amp}-cut", **kw)
+    run = ATTrainer(cfg, resume=False).run()
+    for state in run:
+        if state["step"] == 6:
+            break
+    run.close()
+    resumed = ATTrainer(cfg)
+    assert resumed.step_count == 4
+    for _ in resumed.run():
+        pass
+    assert_same_state(resumed, whole)
+    assert resumed.scaler.state_dict() == whole.scaler.state_dict()
+    if amp == "fp16":  # the scale moved off its start value or was kept: either way it was used
+        assert whole.scaler.get_scale() > 0 and math.isfinite(whole.scaler.get_scale())
+    assert csv_rows(tiny / "runs" / f"{amp}-cut" / "log.csv") == csv_rows(tiny / "runs" / f"{amp}-whole" / "log.csv")
+    fp32 = load_checkpoint(tiny / "runs" / "reference" / "checkpoint.pt")["model"]
+    assert any(not torch.equal(v, fp32[k]) for k, v in whole.model.state_dict().items() if v.is_floating_point())
+
+
 def test_sigkilled_process_resumes_bitwise(tiny, reference):
     out = tiny / "runs" / "killed"
     cfg = small_config(tiny, out, checkpoint_every=2)

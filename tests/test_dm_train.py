@@ -165,6 +165,35 @@ def test_interrupted_run_resumes_bitwise(tiny_dir, tmp_path):
     assert fresh.step_count == 0 and not (tmp_path / "cut" / "samples").exists()
 
 
+def test_bf16_channels_last_resume_bitwise(tiny_dir, tmp_path):
+    """The GPU settings (bf16 autocast, channels-last) run on the CPU: a run abandoned after step 6
+    resumes to the uninterrupted run's state, and autocast really ran (the weights differ from fp32)."""
+    torch.set_num_threads(1)
+    kw = dict(at_variant="adversarial", amp="bf16", channels_last=True, steps=8)
+    whole = DMTrainer(_cfg(tiny_dir, tmp_path / "whole", **kw))
+    assert whole.amp_dtype == torch.bfloat16 and whole.channels_last
+    for _ in whole.run():
+        pass
+    run = DMTrainer(_cfg(tiny_dir, tmp_path / "cut", **kw)).run()
+    for state in run:
+        if state["step"] == 6:
+            break
+    run.close()
+    resumed = DMTrainer(_cfg(tiny_dir, tmp_path / "cut", **kw))
+    assert resumed.step_count == 4
+    for _ in resumed.run():
+        pass
+    a, b = (load_checkpoint(tmp_path / d / "checkpoint.pt") for d in ("whole", "cut"))
+    _states_equal(a, b)
+    head, *rows = (tmp_path / "cut" / "log.csv").read_text().splitlines()
+    loss = [float(r.split(",")[head.split(",").index("loss")]) for r in rows]
+    assert len(loss) == 8 and np.isfinite(loss).all()
+    for _ in DMTrainer(_cfg(tiny_dir, tmp_path / "fp32", **{**kw, "amp": "off"})).run():
+        pass
+    c = load_checkpoint(tmp_path / "fp32" / "checkpoint.pt")
+    assert any(not torch.equal(v, c["model"][k]) for k, v in a["model"].items() if v.is_floating_point())
+
+
 def _cli(args, **popen):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, "-m", "dmat_core", "train-dm", *args], env=env,

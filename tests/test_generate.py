@@ -81,6 +81,17 @@ def test_shards_are_valid_balanced_and_made_by_the_sampler(ckpt, tmp_path):
     assert not np.array_equal(other, want[:4])
 
 
+def test_bf16_sampling_runs_the_network_in_bf16_and_stays_close():
+    """amp='bf16' (the GPU setting; CPU autocast has it too) changes some pixels, by little."""
+    from dmat_core.generate import sample_images
+    D = tiny_denoiser()
+    lat = latent_noise(6, (3, 32, 32), generator=torch.Generator().manual_seed(0)) * 80.0
+    a = sample_images(D, lat, np.arange(6) % K, steps=4, amp="off")
+    b = sample_images(D, lat, np.arange(6) % K, steps=4, amp="bf16")
+    diff = np.abs(a.astype(int) - b.astype(int))
+    assert 0 < (diff > 0).mean() < 0.05 and diff.max() <= 8
+
+
 def test_stopped_or_failed_run_resumes_to_the_same_bytes(ckpt, tmp_path):
     generate(ckpt, tmp_path / "whole", **SETTINGS)
     # 1) the generator stopped after its first shard, plus a temporary file of a killed write
