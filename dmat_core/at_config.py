@@ -212,7 +212,7 @@ PRESETS: Dict[str, Dict[str, Any]] = {
     "paper-wrn28-10": dict(arch="wrn-28-10", arch_kw={"activation": "silu"}, batch_size=512, lr=0.2,
                            epochs=400, schedule_unit="epoch", no_decay="bn",
                            cycle_momentum=True, unsup_fraction=0.7),
-    # About an hour on one Colab GPU (see PRESET_NOTES): PreActResNet-18, 15 epochs.
+    # About an hour on one Colab GPU, estimated, not measured (see PRESET_NOTES): PreActResNet-18, 15 epochs.
     "colab-small": dict(arch="preact-resnet18", arch_kw={"activation": "relu"}, batch_size=512, lr=0.2,
                         epochs=15, schedule_unit="step", no_decay="bn_bias",
                         unsup_fraction=0.7, checkpoint_every=200, log_every=20),

@@ -16,7 +16,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Dict, Optional
 
-from .at_config import parse_eps, preset_and_file
+from .at_config import check_device, parse_eps, preset_and_file
 from .dm_losses import ATConfig
 from .unet import UNET_KEYS, UNET_SIZES
 
@@ -69,7 +69,7 @@ class TrainDMConfig:
     log_every: int = 50
     amp: str = "auto"                       # auto (bf16 on CUDA GPUs that have it), bf16 (any device), off
     channels_last: Optional[bool] = None    # default: on CUDA
-    device: Optional[str] = None            # default: cuda:LOCAL_RANK if available, else cpu
+    device: Optional[str] = None            # auto/None: cuda:LOCAL_RANK if available, else cpu; cpu, cuda, cuda:N
     progress: bool = True
 
     @classmethod
@@ -138,6 +138,10 @@ class TrainDMConfig:
              f"grad_clip must be None or > 0, got {self.grad_clip!r}")
         number("ema_tau", 0.0, 0.999999)
         need(self.amp in ("auto", "bf16", "off"), f"amp must be auto, bf16 or off, got {self.amp!r}")
+        try:
+            check_device(self.device)
+        except ValueError as e:
+            raise ValueError(f"config: {e}") from None
         try:
             self.at_config()    # variant, lambda, budget, target, weighting
         except ValueError as e:

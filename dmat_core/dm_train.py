@@ -44,6 +44,7 @@ from . import samplers
 from .checkpoint import atomic_save, atomic_write_text, load_checkpoint, rng_state, set_rng_state
 from .cifar import load_training_set
 from .diffusion import edm_training_sigmas
+from .at_config import resolve_device
 from .dm_config import TrainDMConfig, make_dm_config
 from .dm_losses import at_dm_loss
 from .images import corrupt_images, image_grid, image_to_model, model_to_image, save_png
@@ -86,10 +87,8 @@ class DMTrainer:
         self.rank, self.world_size, local_rank = dist_info()
         if cfg.batch_size % self.world_size:
             raise ValueError(f"batch_size={cfg.batch_size} must be divisible by the {self.world_size} processes")
-        self.device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = resolve_device(cfg.device, local_rank)  # cuda: one GPU per process under torchrun
         cuda = self.device.type == "cuda"
-        if cuda and self.device.index is None:  # one GPU per process under torchrun
-            self.device = torch.device("cuda", local_rank)
         # bf16 autocast: asked for (any device; CPU autocast has it too) or, with auto, on a GPU that has it
         self.amp_dtype = torch.bfloat16 if cfg.amp == "bf16" or (
             cfg.amp == "auto" and cuda and torch.cuda.is_bf16_supported()) else None

@@ -61,3 +61,10 @@ def test_demo_quick(tmp_path, capsys):
     assert rows[("ring8", "heun-18")]["nfe"] == 35
     assert (tmp_path / "demo.png").stat().st_size > 10_000
     assert "| ring8 | heun-18 | 35 |" in capsys.readouterr().out
+
+
+def test_set_values_are_json_when_they_parse_else_strings():
+    from dmat_core.experiments.cli_settings import parse_set
+    got = parse_set(["lam=0.5", "unet={\"dropout\": 0.1}", "at-variant=adversarial", "ema=true", "note=a=b"])
+    assert got == {"lam": 0.5, "unet": {"dropout": 0.1}, "at_variant": "adversarial", "ema": True, "note": "a=b"}
+    assert parse_set(None) == {}

@@ -256,6 +256,10 @@ def test_two_processes_match_one(tiny_dir, tmp_path):
     (["--set", "size=huge"], "unknown U-Net size 'huge'"),
     (["--noise-std", "-0.1"], "noise_std=-0.1"),
     (["--batch", "0"], "batch_size must be an integer >= 1"),
+    (["--batch-size", "-2"], "batch_size must be an integer >= 1"),
+    (["--device", "tpu"], "device must be auto, cpu, cuda or cuda:N, got 'tpu'"),
+    (["--set", "lam"], "--set expects key=value, got 'lam'"),
+    (["--set", "=0.5"], "--set expects key=value, got '=0.5'"),
     (["--set", "unet={\"width\": 3}"], "unknown U-Net setting(s) ['width']"),
 ])
 def test_cli_refuses_bad_input(tmp_path, capsys, flags, message):

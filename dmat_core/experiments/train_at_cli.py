@@ -25,38 +25,20 @@ import torch
 from ..at_config import PRESET_NOTES, PRESETS, make_config, parse_eps, resolve_device
 
 from ..at_eval import ATTACKS
+from .cli_settings import add_run_args, add_settings_args, config_from_args, print_result
 
 
 # ----------------------------------------------------------------------------- train-at
 
-def _parse_set(items) -> dict:
-    """``key=value`` pairs; values are JSON when they parse (numbers, true, {...}), else strings."""
-    out = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--set expects key=value, got {item!r}")
-        try:
-            out[key.strip().replace("-", "_")] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key.strip().replace("-", "_")] = value
-    return out
-
-
 def _train_main(a: argparse.Namespace) -> int:
     from ..at_train import train_at
-    from ..train_utils import dist_info
 
-    flags = dict(out_dir=a.out, data_dir=a.data_dir, generated=a.generated, arch=a.arch, method=a.method,
-                 epochs=a.epochs, steps=a.steps, batch_size=a.batch_size, lr=a.lr, beta=a.beta,
-                 eps=parse_eps(a.eps) if a.eps is not None else None, unsup_fraction=a.unsup_fraction,
-                 seed=a.seed, checkpoint_every=a.checkpoint_every, val_every=a.val_every, n_val=a.n_val,
-                 amp=a.amp, device=a.device, progress=False if a.no_progress else None)
-    flags = {k: v for k, v in flags.items() if v is not None}
-    cfg = make_config(a.preset, a.config, **{**flags, **_parse_set(a.set)})
-    result = train_at(cfg, reuse=True)
-    if dist_info()[0] == 0:
-        print(json.dumps(result, indent=2))
+    cfg = config_from_args(
+        a, make_config, out_dir=a.out, data_dir=a.data_dir, generated=a.generated, arch=a.arch,
+        method=a.method, epochs=a.epochs, steps=a.steps, batch_size=a.batch_size, lr=a.lr, beta=a.beta,
+        eps=parse_eps(a.eps) if a.eps is not None else None, unsup_fraction=a.unsup_fraction,
+        checkpoint_every=a.checkpoint_every, val_every=a.val_every, n_val=a.n_val)
+    print_result(train_at(cfg, reuse=True))
     return 0
 
 
@@ -65,8 +47,7 @@ def _add_train(sub) -> None:
     p = sub.add_parser("train-at", help="adversarial training (TRADES / PGD-AT) with generated data",
                        description=__doc__ + "\npresets:\n" + presets,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", choices=sorted(PRESETS), help="named settings (flags override them)")
-    p.add_argument("--config", help="JSON file of settings (keys of TrainATConfig)")
+    add_settings_args(p, PRESETS, "TrainATConfig", "arch_kw='{\"width\": 8}'")
     p.add_argument("--out", help="output folder (checkpoints, logs, result.json); resumes if it has a checkpoint")
     p.add_argument("--data-dir", help="CIFAR folder or archive (default $DMAT_DATA, else ./data)")
     p.add_argument("--generated", help="generated images, .npz with 'image' uint8 (N,32,32,3) and 'label'")
@@ -82,12 +63,7 @@ def _add_train(sub) -> None:
     p.add_argument("--n-val", type=int, help="held-out training images for model selection (1024)")
     p.add_argument("--val-every", type=int, help="steps between validations (default one epoch)")
     p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default one epoch)")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"])
-    p.add_argument("--device", help="auto (default: cuda:LOCAL_RANK if available, else cpu), cpu, cuda, cuda:1")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="any other setting, e.g. --set arch_kw='{\"width\": 8}' (repeatable)")
+    add_run_args(p, ["auto", "bf16", "fp16", "off"], "auto: bf16 on GPUs that have it, fp16 on older ones, off on CPU")
     p.set_defaults(func=_train_main)
 
 

@@ -12,26 +12,23 @@ denoiser is then ``dmat_core.unet.load_image_denoiser(OUT/checkpoint.pt)``.
 from __future__ import annotations
 
 import argparse
-import json
 
 from ..dm_config import DM_PRESET_NOTES, DM_PRESETS, make_dm_config
 from ..unet import UNET_SIZES
-from .train_at_cli import _parse_set
+from .cli_settings import add_run_args, add_settings_args, config_from_args, print_result
 
 
 def _main(a: argparse.Namespace) -> int:
     from ..dm_train import train_dm
     from ..train_utils import dist_info
 
-    flags = dict(out_dir=a.out, data_dir=a.data_dir, dataset=a.dataset, size=a.size, steps=a.steps,
-                 batch_size=a.batch, lr=a.lr, at_variant=a.at_variant, lam=a.lam, at_floor=a.at_floor,
-                 noise_p=a.noise_p, noise_std=a.noise_std, seed=a.seed, checkpoint_every=a.checkpoint_every,
-                 amp=a.amp, device=a.device, progress=False if a.no_progress else None)
-    flags = {k: v for k, v in flags.items() if v is not None}
-    cfg = make_dm_config(a.preset, a.config, **{**flags, **_parse_set(a.set)})
+    cfg = config_from_args(
+        a, make_dm_config, out_dir=a.out, data_dir=a.data_dir, dataset=a.dataset, size=a.size,
+        steps=a.steps, batch_size=a.batch_size, lr=a.lr, at_variant=a.at_variant, lam=a.lam,
+        at_floor=a.at_floor, noise_p=a.noise_p, noise_std=a.noise_std, checkpoint_every=a.checkpoint_every)
     result = train_dm(cfg, fresh=a.fresh)
+    print_result(result)
     if dist_info()[0] == 0:
-        print(json.dumps(result, indent=2))
         print(f"checkpoint: {result['files']['checkpoint.pt']}  (load_image_denoiser reads its EMA weights)")
     return 0
 
@@ -42,15 +39,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train-dm", help="train an image diffusion model (EDM), optionally with AT for DMs",
                        description=__doc__ + "\npresets:\n" + presets,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", choices=sorted(DM_PRESETS), help="named settings (flags override them)")
-    p.add_argument("--config", help="JSON file of settings (keys of TrainDMConfig)")
+    add_settings_args(p, DM_PRESETS, "TrainDMConfig", "unet='{\"dropout\": 0.2}'")
     p.add_argument("--out", help="output folder (checkpoint, log, samples); resumes if it holds a checkpoint")
     p.add_argument("--fresh", action="store_true", help="start over: remove the run found in --out")
     p.add_argument("--data-dir", help="CIFAR folder or archive (default $DMAT_DATA, else ./data)")
     p.add_argument("--dataset", choices=["cifar10", "cifar100"])
     p.add_argument("--size", choices=list(UNET_SIZES), help="U-Net size")
     p.add_argument("--steps", type=int, help="optimiser steps")
-    p.add_argument("--batch", type=int, help="global batch size (all processes)")
+    p.add_argument("--batch-size", "--batch", type=int, dest="batch_size", help="global batch size (all processes)")
     p.add_argument("--lr", type=float, help="Adam learning rate after warm-up")
     p.add_argument("--at-variant", help="standard, random, adversarial or invariance")
     p.add_argument("--lam", type=float, help="weight lambda of the AT term (0.3)")
@@ -58,10 +54,5 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--noise-p", type=float, help="fraction of training images noised once (paper: 0.9)")
     p.add_argument("--noise-std", help="std of that noise in [0, 1] image units (paper: 0.1, 0.2)")
     p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints and sample grids")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--amp", choices=["auto", "bf16", "off"])
-    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda:LOCAL_RANK if available)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="any other setting, e.g. --set unet='{\"dropout\": 0.2}' (repeatable)")
+    add_run_args(p, ["auto", "bf16", "off"], "auto: bf16 on GPUs that have it, else off")
     p.set_defaults(func=_main)
