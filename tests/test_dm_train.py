@@ -133,11 +133,9 @@ def test_every_variant_on_images_with_labels():
 
 
 # ----------------------------------------------------------------------------- resume
-def test_interrupted_run_resumes_bitwise(tiny_dir, tmp_path):
-    """Adversarial AT, dropout, flips and 50% noisy data: a run abandoned after step 6 (checkpoint
-    at 4) and restarted ends bitwise equal to an uninterrupted one: weights, EMA, Adam, log, samples."""
-    torch.set_num_threads(1)
-    kw = dict(at_variant="adversarial", noise_p=0.5, noise_std=0.2, unet={"dropout": 0.1})
+def _whole_and_cut(tiny_dir, tmp_path, **kw):
+    """Train to the end in ``whole``; in ``cut`` abandon the run after step 6 (its last checkpoint
+    is step 4) and start it again, to the end. Returns both final checkpoints."""
     for _ in DMTrainer(_cfg(tiny_dir, tmp_path / "whole", **kw)).run():
         pass
     run = DMTrainer(_cfg(tiny_dir, tmp_path / "cut", **kw)).run()
@@ -150,7 +148,15 @@ def test_interrupted_run_resumes_bitwise(tiny_dir, tmp_path):
     assert resumed.step_count == 4
     for _ in resumed.run():
         pass
-    a, b = (load_checkpoint(tmp_path / d / "checkpoint.pt") for d in ("whole", "cut"))
+    return tuple(load_checkpoint(tmp_path / d / "checkpoint.pt") for d in ("whole", "cut"))
+
+
+def test_interrupted_run_resumes_bitwise(tiny_dir, tmp_path):
+    """Adversarial AT, dropout, flips and 50% noisy data: a run abandoned after step 6 (checkpoint
+    at 4) and restarted ends bitwise equal to an uninterrupted one: weights, EMA, Adam, log, samples."""
+    torch.set_num_threads(1)
+    kw = dict(at_variant="adversarial", noise_p=0.5, noise_std=0.2, unet={"dropout": 0.1})
+    a, b = _whole_and_cut(tiny_dir, tmp_path, **kw)
     _states_equal(a, b)
     for name in ("log.csv", "samples/step_000004.png", "samples/step_000012.png"):
         assert (tmp_path / "whole" / name).read_bytes() == (tmp_path / "cut" / name).read_bytes(), name
@@ -170,20 +176,10 @@ def test_bf16_channels_last_resume_bitwise(tiny_dir, tmp_path):
     resumes to the uninterrupted run's state, and autocast really ran (the weights differ from fp32)."""
     torch.set_num_threads(1)
     kw = dict(at_variant="adversarial", amp="bf16", channels_last=True, steps=8)
-    whole = DMTrainer(_cfg(tiny_dir, tmp_path / "whole", **kw))
-    assert whole.amp_dtype == torch.bfloat16 and whole.channels_last
-    for _ in whole.run():
-        pass
-    run = DMTrainer(_cfg(tiny_dir, tmp_path / "cut", **kw)).run()
-    for state in run:
-        if state["step"] == 6:
-            break
-    run.close()
-    resumed = DMTrainer(_cfg(tiny_dir, tmp_path / "cut", **kw))
-    assert resumed.step_count == 4
-    for _ in resumed.run():
-        pass
-    a, b = (load_checkpoint(tmp_path / d / "checkpoint.pt") for d in ("whole", "cut"))
+    trainer = DMTrainer(_cfg(tiny_dir, tmp_path / "settings", **kw))
+    assert trainer.amp_dtype == torch.bfloat16 and trainer.channels_last
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in trainer.model.parameters() if p.dim() == 4)
+    a, b = _whole_and_cut(tiny_dir, tmp_path, **kw)
     _states_equal(a, b)
     head, *rows = (tmp_path / "cut" / "log.csv").read_text().splitlines()
     loss = [float(r.split(",")[head.split(",").index("loss")]) for r in rows]
