@@ -1,6 +1,6 @@
 """The best robust accuracy any classifier can reach on K >= 3 classes of a 2D mixture, certified.
 
-:func:`~dmat_core.toy_robust.bayes_robust_accuracy` solves two classes exactly (a max flow).
+:func:`~dmat_core.toy_optimum.bayes_robust_accuracy` solves two classes exactly (a max flow).
 With K classes the reasoning holds pairwise: a classifier is robust on sets S_1, ..., S_K
 (every point of S_c keeps label c in its whole eps-ball) only if their eps-neighbourhoods are
 pairwise disjoint, and any such sets are reached (label B(S_c, eps) with c, the rest anyhow).
@@ -10,7 +10,7 @@ measures the optimum is a maximum-weight independent set of a K-partite conflict
     A*_eps = max { sum_c mu_c(S_c) : no conflict edge inside S_1 u ... u S_K }      (an ILP)
 
 For K = 2 the graph is bipartite and a max flow solves it; for K >= 3 the problem is NP-hard in
-general. A grid of cells with exact masses (:func:`~dmat_core.toy_robust.class_cell_masses`)
+general. A grid of cells with exact masses (:func:`~dmat_core.toy_optimum.class_cell_masses`)
 brackets it between two certified numbers:
 
 * **upper**: two cells conflict when their *farthest* points are within 2 eps (a relaxation of
@@ -43,8 +43,9 @@ import time
 import numpy as np
 import torch
 
-from .toy_robust import (_SCALE, _check, _grid_conflicts, _independent_set, _light_cells,
-                         _split_chunks, _vec_norm, class_cell_masses, conflict_offsets)
+from .toy_optimum import (_SCALE, _grid_conflicts, _independent_set, _light_cells, _vec_norm,
+                          class_cell_masses, conflict_offsets)
+from .toy_robust import _check, _split_chunks
 
 __all__ = ["multiclass_robust_accuracy", "optimal_robust_accuracy_discrete_multiclass",
            "lp_relaxation", "lp_relaxation_highs", "independent_set_ilp", "greedy_independent_set",

@@ -313,7 +313,7 @@ def plot_ball_search(ax, model, x, y, eps: float, norm: str = "l2", x_pgd=None, 
 def plot_accuracy_vs_eps(ax, eps, curves: dict, optimum=None, xscale: float = 1.0, xlabel: str = "eps"):
     """Accuracy against the budget, one line per model (`curves`: label -> accuracies, or
     label -> (accuracies, plot keywords)); `optimum`: (lower, value, upper) arrays of the best
-    robust accuracy any classifier reaches (:func:`~dmat_core.toy_robust.bayes_robust_accuracy`),
+    robust accuracy any classifier reaches (:func:`~dmat_core.toy_optimum.bayes_robust_accuracy`),
     drawn as a black line in its certified band. `xscale` multiplies eps for the axis (255: pixels)."""
     e = np.asarray(eps, dtype=float) * xscale
     if optimum is not None:

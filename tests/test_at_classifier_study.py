@@ -8,6 +8,8 @@ import torch
 
 from dmat_core.cli import build_parser
 from dmat_core.experiments import at_classifier_study as study
+from dmat_core.experiments.at_classifier_report import markdown_table
+from dmat_core.toy_optimum import bayes_classifier
 
 
 def test_quick_study_writes_valid_results_table_and_figure(tmp_path):
@@ -40,7 +42,7 @@ def test_data_sources():
     assert dist.num_classes == 2 and torch.equal(dist.labels, torch.arange(8) % 2)
     x, y = study.real_points(dist, 5, seed=0)
     assert x.shape == (10, 2) and y.tolist() == [0] * 5 + [1] * 5
-    post = study.bayes_classifier(dist)(x.double()).argmax(1)
+    post = bayes_classifier(dist)(x.double()).argmax(1)
     assert (post == y).float().mean() > 0.8                   # drawn from the right class
     x2, _ = study.real_points(dist, 5, seed=0)
     assert torch.equal(x, x2)                                 # a seed fixes the real points
@@ -80,7 +82,7 @@ def test_three_class_data_sources():
     assert abs(float(gap3 - gap2)) < 0.02                     # neighbours as far apart as on ring8-alt
     x, y = study.real_points(dist, 5, seed=0)
     assert x.shape == (15, 2) and y.tolist() == [0] * 5 + [1] * 5 + [2] * 5
-    assert (study.bayes_classifier(dist)(x.double()).argmax(1) == y).float().mean() > 0.8
+    assert (bayes_classifier(dist)(x.double()).argmax(1) == y).float().mean() > 0.8
     gen, _ = study.generated_data(x, y, cfg, seed=0)
     for xg, yg in gen.values():
         assert xg.shape == (90, 2) and torch.bincount(yg).tolist() == [30, 30, 30]
@@ -96,7 +98,7 @@ def test_committed_two_class_table_is_what_markdown_table_renders():
         pytest.skip("no committed study")
     res = json.loads((folder / "results.json").read_text())
     assert "classes" not in res["config"]                    # written before K classes existed
-    assert study.markdown_table(res) + "\n" == (folder / "table.md").read_text()
+    assert markdown_table(res) + "\n" == (folder / "table.md").read_text()
 
 
 def test_presets_and_config():

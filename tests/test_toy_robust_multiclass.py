@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from dmat_core import toy_robust as tr
+from dmat_core import toy_optimum as optimum
 from dmat_core import toy_robust_multiclass as mc
 from dmat_core.experiments.at_classifier_study import ring_classes
 from dmat_core.toys import GaussianMixture
@@ -67,7 +67,7 @@ def test_two_classes_discrete_ilp_equals_max_flow(gen):
     x1 = torch.rand(6, 2, generator=gen, dtype=torch.float64)
     w = torch.rand(13, generator=gen, dtype=torch.float64)
     w0, w1 = (w[:7] / w.sum()).numpy(), (w[7:] / w.sum()).numpy()
-    flow = tr.optimal_robust_accuracy_discrete(x0, w0, x1, w1, 0.15)
+    flow = optimum.optimal_robust_accuracy_discrete(x0, w0, x1, w1, 0.15)
     ilp = mc.optimal_robust_accuracy_discrete_multiclass([x0, x1], [w0, w1], 0.15)
     assert ilp["value"] == pytest.approx(flow["value"], abs=1e-7)
 
@@ -77,7 +77,7 @@ def test_two_classes_grid_bounds_equal_the_max_flow(norm):
     """K = 2: the conflict graph is bipartite, the LP is integral, and the new bounds are the
     max-flow answers of bayes_robust_accuracy on the same grid."""
     dist = ring_classes(8, 2, 2.0, 0.3)
-    flow = tr.bayes_robust_accuracy(dist, 0.3, norm, h=0.1)
+    flow = optimum.bayes_robust_accuracy(dist, 0.3, norm, h=0.1)
     r = mc.multiclass_robust_accuracy(dist, 0.3, norm, h=0.1, refine=2)
     assert r["upper"] == pytest.approx(flow["upper"], abs=2e-5)
     assert r["lower_grid"] == pytest.approx(flow["lower"], abs=2e-5)
@@ -116,7 +116,7 @@ def test_classifier_robust_mass_of_a_threshold(norm):
     exactly; the cell-wise bound is below it and close on a fine grid."""
     m, s, eps, h = 0.5, 0.2, 0.2, 0.01
     dist = GaussianMixture.isotropic([[-m, 0.0], [m, 0.0]], s, labels=[0, 1])
-    mu, ex, ey, _ = tr.class_cell_masses(dist, h, box=(-1.7, 1.7, -1.2, 1.2))
+    mu, ex, ey, _ = optimum.class_cell_masses(dist, h, box=(-1.7, 1.7, -1.2, 1.2))
     centres = (ex[:-1] + ex[1:]) / 2
     labels = np.broadcast_to((centres > 0).numpy().astype(int), mu.shape[1:])
     got = mc.classifier_robust_mass(mu.numpy(), labels, h, eps, norm)
@@ -137,5 +137,5 @@ def test_bad_input_is_a_clear_error():
     with pytest.raises(ValueError, match="total"):
         mc.optimal_robust_accuracy_discrete_multiclass([[[0, 0]], [[1, 0]], [[2, 0]]], [[0.5]] * 3, 0.1)
     with pytest.raises(ValueError, match="2 classes"):
-        tr.bayes_robust_accuracy(dist, 0.3)
+        optimum.bayes_robust_accuracy(dist, 0.3)
     assert math.isfinite(mc.lp_relaxation(np.array([0.2, 0.3]), np.zeros(0, int), np.zeros(0, int))[0])
