@@ -126,7 +126,7 @@ def main() -> None:
         line = (f"{job} --preset {a.preset} on {r['device_name']} (amp {r['amp']}, channels-last "
                 f"{r['channels_last']}): {r['model']}, batch {r['batch']}: {r['step_seconds']:.3f} s/step "
                 f"({r['images_per_s']:.0f} img/s) x {r['total_steps']} steps; {extras}; predicted "
-                f"{r['predicted_seconds'] / 3600:.2f} h")
+                f"{r['predicted_seconds'] / 60:.1f} min ({r['predicted_seconds'] / 3600:.2f} h)")
         if "claim" in r:
             line += f"; the notes say {r['claim']}: predicted / claimed = {r['predicted_over_claim']:.2f}"
         print(line)
