@@ -9,6 +9,7 @@ import torch
 from dmat_core.cli import build_parser
 from dmat_core.experiments import at_classifier_study as study
 from dmat_core.experiments.at_classifier_report import markdown_table
+from dmat_core.experiments.at_classifier_setup import class_mixture, make_dist
 from dmat_core.toy_optimum import bayes_classifier
 
 
@@ -38,7 +39,7 @@ def test_quick_study_writes_valid_results_table_and_figure(tmp_path):
 
 def test_data_sources():
     cfg = study.study_config(quick=True, dm_steps=12, dm_weak_steps=4, n_gen=50)
-    dist = study.make_dist(cfg)
+    dist = make_dist(cfg)
     assert dist.num_classes == 2 and torch.equal(dist.labels, torch.arange(8) % 2)
     x, y = study.real_points(dist, 5, seed=0)
     assert x.shape == (10, 2) and y.tolist() == [0] * 5 + [1] * 5
@@ -52,7 +53,7 @@ def test_data_sources():
         assert xg.shape == (100, 2) and torch.isfinite(xg).all() and yg.sum() == 50
     q = study.data_quality(dist, x, y, x, y)
     assert q["nn_dist"] == 0.0 and q["label_agreement"] > 0.8
-    cm = study.class_mixture(dist, 1)
+    cm = class_mixture(dist, 1)
     assert torch.allclose(cm.means, dist.means[1::2]) and cm.weights.sum() == pytest.approx(1.0)
 
 
@@ -75,9 +76,9 @@ def test_three_class_preset_quick(tmp_path):
 
 def test_three_class_data_sources():
     cfg = study.study_config("ring9-3class", quick=True, dm_steps=12, dm_weak_steps=4, n_gen=30)
-    dist = study.make_dist(cfg)
+    dist = make_dist(cfg)
     assert dist.num_classes == 3 and torch.equal(dist.labels, torch.arange(9) % 3)
-    two = study.make_dist(study.study_config()).means
+    two = make_dist(study.study_config()).means
     gap3, gap2 = (dist.means[1] - dist.means[0]).norm(), (two[1] - two[0]).norm()
     assert abs(float(gap3 - gap2)) < 0.02                     # neighbours as far apart as on ring8-alt
     x, y = study.real_points(dist, 5, seed=0)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from dmat_core.corruption import corrupt, data_extent
+from dmat_core.experiments import at_dm_setup
 from dmat_core.experiments import at_dm_study as study
 from dmat_core.toys import plane3d, ring8
 
@@ -50,13 +51,13 @@ def test_quick_attack_and_subspace_presets_run(tmp_path):
 
 
 def test_presets_and_sizes():
-    for name in study.PRESETS:
+    for name in at_dm_setup.PRESETS:
         for quick in (False, True):
-            cfg = study.study_config(name, quick)
+            cfg = at_dm_setup.study_config(name, quick)
             assert cfg["steps"] >= 1 and cfg["n_train"] >= 16
-    assert study.study_config("memorization")["n_train"] == 32
-    assert study.study_config("subspace-inlier")["dist_kw"]["d"] >= 256
-    assert study.study_config("inlier-ring8", p=0.5)["p"] == 0.5
+    assert at_dm_setup.study_config("memorization")["n_train"] == 32
+    assert at_dm_setup.study_config("subspace-inlier")["dist_kw"]["d"] >= 256
+    assert at_dm_setup.study_config("inlier-ring8", p=0.5)["p"] == 0.5
 
 
 @pytest.mark.parametrize("bad", [dict(p=1.5), dict(q=-0.1), dict(variants=("standard", "trades")),

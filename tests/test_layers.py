@@ -31,29 +31,41 @@ def module_key(path: Path) -> str:
     return "experiments" if rel.parts[0] == "experiments" else rel.name
 
 
-def imported_modules(path: Path):
-    """(line, dmat_core module) for every import in the file, at any depth."""
-    in_experiments = path.parent.name == "experiments"
+def module_name(path: Path) -> str:
+    """Dotted name: dmat_core.toys, dmat_core.experiments.demo (a file the tests write elsewhere
+    is read as a module of dmat_core)."""
+    rel = path.relative_to(ROOT) if path.is_relative_to(ROOT) else Path("dmat_core") / path.name
+    return ".".join(rel.with_suffix("").parts)
+
+
+def imported_names(path: Path):
+    """(line, dotted dmat_core module) for every import in the file, at any depth; ``from pkg
+    import name`` gives pkg.name when that is a module of the package, else pkg."""
+    package = module_name(path).rsplit(".", 1)[0]
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom):
-            if node.level:  # relative: '.x' is a sibling, '..x' a dmat_core module
-                if in_experiments and node.level == 1:
-                    yield node.lineno, "experiments"
-                    continue
-                parts = (node.module or "").split(".")
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                mod = ".".join(base + ([node.module] if node.module else []))
             elif (node.module or "").startswith("dmat_core"):
-                parts = node.module.split(".")[1:]
+                mod = node.module
             else:
                 continue
-            if parts and parts[0]:
-                yield node.lineno, parts[0]
-            else:
-                for alias in node.names:
-                    yield node.lineno, alias.name
+            subs = [f"{mod}.{a.name}" for a in node.names if (ROOT / f"{mod}.{a.name}".replace(".", "/")).with_suffix(".py").is_file()]
+            for target in subs or [mod]:
+                yield node.lineno, target
         elif isinstance(node, ast.Import):
             for alias in node.names:
                 if alias.name.startswith("dmat_core."):
-                    yield node.lineno, alias.name.split(".")[1]
+                    yield node.lineno, alias.name
+
+
+def imported_modules(path: Path):
+    """(line, row key of README's table) for every import of a dmat_core module in the file."""
+    for line, name in imported_names(path):
+        parts = name.split(".")
+        if len(parts) > 1:
+            yield line, parts[1]
 
 
 def test_every_module_is_in_the_table():
@@ -82,3 +94,31 @@ def test_the_check_sees_an_upward_import(tmp_path):
     f.write_text("def f():\n    from .at_train import train_at\n    from dmat_core.unet import build_image_denoiser\n")
     got = [t for _, t in imported_modules(f)]
     assert got == ["at_train", "unet"]
+
+
+def find_cycles(graph: dict) -> list:
+    """Every cycle a depth-first search meets in {module: set of imported modules}."""
+    state, cycles = {}, []
+
+    def visit(m, stack):
+        state[m] = "open"
+        for t in sorted(graph[m]):
+            if state.get(t) == "open":
+                cycles.append(" -> ".join(stack[stack.index(t):] + [t]))
+            elif t not in state:
+                visit(t, stack + [t])
+        state[m] = "done"
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])
+    return cycles
+
+
+def test_no_import_cycles():
+    """Module by module (inside experiments/ too), imports at any depth form no cycle."""
+    graph = {module_name(p): {t for _, t in imported_names(p)} for p in PKG.rglob("*.py")}
+    graph = {m: {t for t in ts if t in graph and t != m} for m, ts in graph.items()}
+    cycles = find_cycles(graph)
+    assert not cycles, "import cycles:\n" + "\n".join(cycles)
+    assert find_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a -> b -> c -> a"]

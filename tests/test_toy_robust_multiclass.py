@@ -9,7 +9,7 @@ import torch
 
 from dmat_core import toy_optimum as optimum
 from dmat_core import toy_robust_multiclass as mc
-from dmat_core.experiments.at_classifier_study import ring_classes
+from dmat_core.experiments.at_classifier_setup import ring_classes
 from dmat_core.toys import GaussianMixture
 
 

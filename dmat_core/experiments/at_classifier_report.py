@@ -8,6 +8,10 @@
 * :func:`plot_boundaries`: boundaries.png, per data source its training data and decision
   boundary (:func:`_view`, taken where the classifier was trained) over the true class
   densities, beside the Bayes boundary and the cells the optimum keeps robust.
+
+The data sources and the class densities come from
+:mod:`~dmat_core.experiments.at_classifier_setup`, never from the study (which imports this
+module).
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ import torch
 
 from ..toy_optimum import bayes_classifier
 from ..toy_robust import margin
+from .at_classifier_setup import COLOURS, VARIANT_NAMES, VARIANTS, class_mixture, make_dist
 
 # per class: what its density subtracts from white (class 0 red, 1 blue, 2 green, ...)
 TINTS = np.array([[0.0, 1, 1], [1, 0.6, 0], [1, 0.35, 1], [0, 0.45, 1], [0.5, 1, 0.2], [0.4, 0.7, 0.9]])
@@ -59,7 +64,6 @@ def paired_differences(runs: list[dict], variants, key: str = "robust_acc") -> d
 def claim_check(runs: list[dict], summary: dict, ref: dict) -> list[str]:
     """The expected ordering (a) < (b) < (c) <= (d) <= optimal, pair by pair: the mean of the
     paired (same seed) difference, and whether it exceeds two standard errors."""
-    from .at_classifier_study import VARIANT_NAMES, VARIANTS
     chain = [v for v in VARIANTS if v in summary]
     by = {(r["seed"], r["variant"]): r["metrics"]["robust_acc"] for r in runs}
     seeds = sorted({r["seed"] for r in runs})
@@ -90,7 +94,6 @@ def _pm(s: dict, k: str, f: str = ".4f") -> str:
 def markdown_table(results: dict) -> str:
     """table.md: per data source mean ± std over seeds, the references (the optimum, the
     Bayes classifier), the paired differences and the claim, from a results dict."""
-    from .at_classifier_study import VARIANT_NAMES, make_dist
     cfg, summ, ref = results["config"], results["summary"], results["reference"]
     n = next(iter(summ.values()))["robust_acc"]["n"]
     opt = ref["optimal"]
@@ -174,7 +177,6 @@ def _save_fig(fig, path: Path):
 def plot_boundaries(results: dict, views: dict, real, ref: dict, cfg: dict, out: Path) -> None:
     """boundaries.png: per variant (seed 0) its training data (top) and its decision boundary
     with the eps-band over the true class densities (bottom); last column: the optimum."""
-    from .at_classifier_study import COLOURS, VARIANT_NAMES, VARIANTS, class_mixture, make_dist
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

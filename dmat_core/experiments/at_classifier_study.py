@@ -51,13 +51,11 @@ from ..toy_optimum import bayes_classifier, bayes_robust_accuracy
 from ..toy_robust import exact_robust_accuracy, pgd_agreement
 from ..toy_robust_multiclass import multiclass_robust_accuracy
 from ..toy_train import lr_at, make_toy_model, train_toy
-from ..toys import GaussianMixture
 from .at_classifier_report import (_lim, _view, claim_check, markdown_table, paired_differences,
                                    plot_boundaries, summarize)
+# (VARIANT_NAMES is not used here: notebook 05 reads it as `study.VARIANT_NAMES`)
+from .at_classifier_setup import VARIANT_NAMES, VARIANTS, class_mixture, make_dist
 
-VARIANTS = ("none", "weak-dm", "good-dm", "true")
-VARIANT_NAMES = {"none": "(a) real only", "weak-dm": "(b) + weak DM", "good-dm": "(c) + good DM",
-                 "true": "(d) + true samples"}
 # Sizes: `full` is what results/at_classifier holds; `quick` is for tests (seconds). `h`: grid of
 # the two-class optimum (max flow); `h_multiclass`, `refine`: grid of the K-class bounds (an LP
 # on a coarser grid, 26 s and 2 GB at 0.04 on ring9-3class) and the refinement of its lower bound.
@@ -79,32 +77,6 @@ PRESETS = {
     # apart as on ring8-alt (1.54 vs 1.53), so only the number of classes changes
     "ring9-3class": dict(dist="ring-alt", modes=9, classes=3, radius=2.25),
 }
-COLOURS = ("tab:red", "tab:blue", "tab:green", "tab:orange", "tab:purple", "tab:brown")
-
-
-def ring_classes(modes: int = 8, classes: int = 2, radius: float = 2.0, std: float = 0.3) -> GaussianMixture:
-    """`modes` equal isotropic Gaussians evenly on a circle, labels 0, 1, ..., K-1, 0, 1, ...:
-    K classes, each a known mixture of modes/K Gaussians (ring8 with alternating labels for K=2)."""
-    if not 2 <= classes <= len(COLOURS):
-        raise ValueError(f"classes must be in [2, {len(COLOURS)}], got {classes}")
-    if modes < classes or modes % classes:
-        raise ValueError(f"modes must be a multiple of classes={classes}, got {modes}")
-    a = torch.arange(modes, dtype=torch.float64) * (2 * math.pi / modes)
-    name = f"ring{modes}-alt" if classes == 2 else f"ring{modes}-{classes}class"
-    return GaussianMixture.isotropic(radius * torch.stack([a.cos(), a.sin()], 1), std,
-                                     labels=torch.arange(modes) % classes, name=name)
-
-
-def two_class_ring(modes: int = 8, radius: float = 2.0, std: float = 0.3) -> GaussianMixture:
-    """:func:`ring_classes` with two classes (ring8 with alternating labels)."""
-    return ring_classes(modes, 2, radius, std)
-
-
-def class_mixture(dist: GaussianMixture, c: int) -> GaussianMixture:
-    """The class-conditional density p(x | y = c) as a mixture of its own components."""
-    k = dist.labels == c
-    return GaussianMixture(dist.weights[k], dist.means[k], dist.U[k], dist.lam[k], dist.nu[k],
-                           torch.zeros(int(k.sum()), dtype=torch.long), f"{dist.name}|{c}")
 
 
 def study_config(preset: str | None = None, quick: bool = False, **overrides) -> dict:
@@ -132,14 +104,6 @@ def study_config(preset: str | None = None, quick: bool = False, **overrides) ->
         raise ValueError(f"unsup_fraction must be in [0, 1), got {cfg['unsup_fraction']}")
     make_dist(cfg)                                        # distribution settings checked here
     return cfg
-
-
-def make_dist(cfg: dict) -> GaussianMixture:
-    """The study's distribution: `ring-alt` (`ring8-alt` is its two-class name) with `modes`
-    modes and `classes` classes (results written before `classes` existed: 2)."""
-    if cfg["dist"] not in ("ring8-alt", "ring-alt"):
-        raise ValueError(f"unknown distribution {cfg['dist']!r}; choose 'ring-alt' (or 'ring8-alt')")
-    return ring_classes(cfg["modes"], cfg.get("classes", 2), cfg["radius"], cfg["std"])
 
 
 # ----------------------------------------------------------------------- data

@@ -1,4 +1,8 @@
-"""Tables and figures of the AT-for-DMs study (:mod:`dmat_core.experiments.at_dm_study`)."""
+"""Tables and figures of the AT-for-DMs study (:mod:`dmat_core.experiments.at_dm_study`).
+
+Imports the study's settings and data from :mod:`~dmat_core.experiments.at_dm_setup`, never the
+study itself (the study imports this module).
+"""
 from __future__ import annotations
 
 import math
@@ -7,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from .at_dm_setup import ARMS, project_2d, study_config, training_set
 
 # (key, header, format) of the main table, for mixtures of full-rank modes and for subspace data
 COLUMNS_MODES = [("off_mode_mass", "off-mode mass", ".4f"), ("nll_gap", "NLL - H", "+.3f"),
@@ -108,8 +114,7 @@ def plot_study(results: dict, runs: list[dict], cfg: dict, out: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from .at_dm_study import _build, project_2d
-    dist, train, mask = _build(cfg, 0)
+    dist, train, mask = training_set(cfg, 0)
     panels = [("training set", project_2d(train[:2000], dist), mask[:2000]),
               ("true samples", project_2d(dist.sample(2000, torch.Generator().manual_seed(7)), dist), None)]
     panels += [(r["variant"], r["view"], None) for r in runs if r["seed"] == 0]
@@ -181,7 +186,6 @@ def tuning_table(records: dict) -> str:
     """One markdown row per recorded study (name -> :func:`compact` results): what differs from
     the preset's defaults and from the default ATConfig, and the key measure of each arm."""
     from ..dm_losses import ATConfig
-    from .at_dm_study import ARMS, study_config
     default_at = ATConfig().as_dict()
     arms = [a for a in ARMS if any(a in r["summary"] for r in records.values())]
     lines = ["| run | preset | seeds | changed | measure | " + " | ".join(arms) + " |",

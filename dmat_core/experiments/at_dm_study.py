@@ -14,8 +14,6 @@ trajectory. Writes results.json, table.md (mean +- std over seeds) and figures u
 from __future__ import annotations
 
 import argparse
-import copy
-import functools
 import json
 import os
 import time
@@ -28,9 +26,9 @@ import torch
 
 from ..checkpoint import atomic_savez, atomic_write_text
 from ..train_utils import torch_threads
-from ..corruption import corrupt, corrupted_distribution
+from ..corruption import corrupted_distribution
 from ..diffusion import edm_sigmas
-from ..dm_losses import VARIANTS, ATConfig, cost_table
+from ..dm_losses import ATConfig, cost_table
 from ..flow import jacobian_frobenius, memorization_rate, trajectory_attack, trajectory_stats
 from ..metrics import sample_metrics, score_error
 from ..samplers import latent_noise, run
@@ -38,64 +36,11 @@ from ..toy_nets import data_std
 from ..toy_train import fit_toy, make_toy_model, train_toy
 from ..toys import GaussianMixture, make_distribution
 from .at_dm_report import markdown_table, plot_study, summarize
+from .at_dm_setup import ARMS, DEFAULT_ARMS, PRESETS, project_2d, study_config, training_set
 
-# Sizes: `full` is what results/at_dm holds; `quick` is for tests and notebooks (seconds).
-SIZES = {
-    "full": dict(n_train=20_000, steps=3000, batch=256, n_eval=5000, jac_n=256, cost_steps=30),
-    "quick": dict(n_train=2000, steps=150, batch=128, n_eval=600, jac_n=64, cost_steps=4),
-}
-DEFAULTS = dict(dist="ring8", dist_kw={}, corruption="clean", p=0.9, s=0.2, q=0.1,
-                outlier="uniform", width=128, depth=3, lr=2e-3, ema=0.999, P_mean=-1.2,
-                P_std=1.2, sampler_steps=18, attack_budgets=None, attack_step=12, attack_iter=10,
-                attack_restarts=3)
-# Presets: the settings the issue asks for; each merges over DEFAULTS and a size.
-PRESETS = {
-    "clean-ring8": dict(dist="ring8", corruption="clean"),
-    "inlier-ring8": dict(dist="ring8", corruption="inlier", p=0.9, s=0.2),
-    "outliers-ring8": dict(dist="ring8", corruption="outlier", q=0.1, outlier="uniform"),
-    "plane3d-offplane": dict(dist="plane3d", corruption="offplane", p=0.9, s=0.2),
-    "subspace-inlier": dict(dist="subspace", dist_kw={"d": 256, "k": 8}, corruption="inlier",
-                            p=0.9, s=0.1, width=512, depth=2, full=dict(n_eval=3000)),
-    "memorization": dict(dist="ring8", corruption="clean", full=dict(n_train=32, steps=4000),
-                         quick=dict(n_train=32)),
-    "trajectory-attack": dict(dist="ring8", corruption="clean",
-                              attack_budgets=[0.0, 0.25, 0.5, 1.0, 2.0]),
-}
-# Arms of the study: a label and the ATConfig fields it sets over the shared AT options.
-# `adversarial-residual` runs the FGSM step on the AT residual (the loss it then minimises, as
-# classifier AT does) instead of the paper's prediction gap; see results/at_dm/NOTES.md.
-ARMS = {**{v: {"variant": v} for v in VARIANTS},
-        "adversarial-residual": {"variant": "adversarial", "attack_target": "residual"}}
-DEFAULT_ARMS = ("standard", "random", "adversarial", "adversarial-residual", "invariance")
 JAC_SIGMAS = [0.01, 0.05, 0.2, 1.0]
 NOT_IN_RUNS = {"cost_steps"}          # configuration keys that no trained model depends on
 SCORE_SIGMAS = [0.05, 0.2, 1.0]
-
-
-def study_config(preset: str | None = None, quick: bool = False, **overrides) -> dict:
-    """The full configuration of a study: DEFAULTS < size < preset < preset's size < overrides."""
-    if preset is not None and preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
-    size = "quick" if quick else "full"
-    cfg = {**DEFAULTS, **SIZES[size]}
-    pre = copy.deepcopy(PRESETS.get(preset, {}))
-    sized = {k: pre.pop(k, {}) for k in ("full", "quick")}
-    cfg.update(pre, **sized[size])
-    cfg.update({k: v for k, v in overrides.items() if v is not None})
-    cfg.update(preset=preset, size=size)
-    if not 0 <= cfg["p"] <= 1 or not 0 <= cfg["q"] <= 1:
-        raise ValueError(f"p and q must be fractions in [0, 1], got p={cfg['p']}, q={cfg['q']}")
-    return cfg
-
-
-def _build(cfg: dict, seed: int):
-    dist = make_distribution(cfg["dist"], **cfg["dist_kw"])
-    if dist.full_rank:      # the Monte-Carlo entropy is the same for every model: compute it once
-        dist.entropy = functools.lru_cache(maxsize=None)(dist.entropy)
-    g = torch.Generator().manual_seed(1000 + seed)
-    x, mask = corrupt(dist, cfg["n_train"], cfg["corruption"], p=cfg["p"], s=cfg["s"], q=cfg["q"],
-                      outlier=cfg["outlier"], generator=g)
-    return dist, x, mask
 
 
 def evaluate(D, dist, train, cfg: dict, seed: int) -> tuple[dict, dict]:
@@ -134,17 +79,6 @@ def evaluate(D, dist, train, cfg: dict, seed: int) -> tuple[dict, dict]:
     return m, extras
 
 
-def project_2d(x: torch.Tensor, dist):
-    """A 2D view of samples for plots: the data itself in 2D, else (first coordinate on the
-    data's subspace, distance to it). float32 numpy (n, 2)."""
-    x = torch.as_tensor(x, dtype=torch.float64)
-    if dist.dim > 2:
-        v = x - dist.means[0]
-        c = v @ dist.U[0]                                                  # (n, k)
-        x = torch.stack([c[:, 0], (v - c @ dist.U[0].T).norm(dim=1)], 1)
-    return x.float().numpy()
-
-
 def train_and_evaluate(job: dict) -> dict:
     """One (seed, arm) cell of the study: build the data, train, evaluate. Picklable."""
     with torch_threads(job.get("threads", 1)):
@@ -153,7 +87,7 @@ def train_and_evaluate(job: dict) -> dict:
 
 def _train_and_evaluate(job: dict) -> dict:
     cfg, seed, at = job["cfg"], job["seed"], ATConfig(**job["at"])
-    dist, x, _ = _build(cfg, seed)
+    dist, x, _ = training_set(cfg, seed)
     sd = data_std(x)
     model = make_toy_model(dist.dim, sd, seed, width=cfg["width"], depth=cfg["depth"])
     t0 = time.perf_counter()
@@ -193,7 +127,7 @@ def measure_cost(cfg: dict, arms, at: dict, rounds: int = 5, steps: int | None =
 
 def reference_rows(cfg: dict, seed: int = 0) -> dict:
     """What fresh true samples, and the training set itself, score under the same metrics."""
-    dist, x, mask = _build(cfg, seed)
+    dist, x, mask = training_set(cfg, seed)
     g = torch.Generator().manual_seed(99_000 + seed)
     fresh = dist.sample(cfg["n_eval"], g)
     out = {}
