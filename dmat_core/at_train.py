@@ -44,7 +44,6 @@ from typing import Iterator, Optional
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from .at_config import TrainATConfig, make_config, resolve_device
@@ -55,8 +54,8 @@ from .classifiers import build_classifier, load_published_checkpoint
 from .cifar import load_training_set
 from .data import (MixedBatchSampler, augment_crop_flip, gather_mixed, load_generated,
                    split_validation, to_tensor_images, validate_generated)
-from .train_utils import (EMA, CSVLog, all_reduce_sum, bn_momentum, dist_info, one_cycle_cosine,
-                          param_groups, strip_batchnorm, unwrap)
+from .train_utils import (EMA, CSVLog, all_reduce_sum, bn_momentum, derived_seed, dist_info, one_cycle_cosine,
+                          param_groups, process_group, strip_batchnorm, unwrap)
 
 __all__ = ["ATTrainer", "train_at", "finished_result", "NonFiniteLossError", "CHECKPOINT_FORMAT",
            "WEIGHTS_FORMAT"]
@@ -72,11 +71,6 @@ _ARCH_KEYS = ("arch", "arch_kw", "batchnorm", "dataset")
 
 class NonFiniteLossError(ValueError):
     """The training loss became NaN or infinite."""
-
-
-def _seed(*ints: int) -> int:
-    """A 63-bit seed that is a pure function of the integers given."""
-    return int(np.random.SeedSequence([int(i) for i in ints]).generate_state(1, np.uint64)[0] >> 1)
 
 
 class _ScaleGrad(torch.autograd.Function):
@@ -233,7 +227,7 @@ class ATTrainer:
         images, labels = gather_mixed(idx, self.train_real, self.generated)
         x = to_tensor_images(images, self.device)  # (B, 3, 32, 32) in [0, 1]
         if self.cfg.augment:  # drawn for the global batch: the same on every rank
-            x = augment_crop_flip(x, generator=torch.Generator().manual_seed(_seed(self.cfg.seed, _AUG, t)))
+            x = augment_crop_flip(x, generator=torch.Generator().manual_seed(derived_seed(self.cfg.seed, _AUG, t)))
         x = x[self.rank::self.world_size]
         y = torch.as_tensor(labels[self.rank::self.world_size], device=self.device)
         return (x.contiguous(memory_format=torch.channels_last) if self.channels_last else x), y
@@ -246,7 +240,7 @@ class ATTrainer:
         for g in self.optimizer.param_groups:
             g["lr"], g["momentum"] = lr, mom
         x, y = self.batch(t)
-        torch.manual_seed(_seed(cfg.seed, _ATTACK, self.rank, t))  # the attack's random start
+        torch.manual_seed(derived_seed(cfg.seed, _ATTACK, self.rank, t))  # the attack's random start
         first = bn_momentum(self.model, 1.0) if t == 0 and cfg.bn_init_first_batch else contextlib.nullcontext()
         self.model.train()
         with first, self._autocast():
@@ -291,7 +285,7 @@ class ATTrainer:
         clean = robust = 0
         cuda = [self.device.index or 0] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=cuda), self._autocast():
-            torch.manual_seed(_seed(cfg.seed, _VAL, self.rank, self.step_count))
+            torch.manual_seed(derived_seed(cfg.seed, _VAL, self.rank, self.step_count))
             for i in range(0, len(self.val_y), bs):
                 xb, yb = self.val_x[i:i + bs], self.val_y[i:i + bs]
                 x_adv = pgd(attacked, xb, yb, eps=cfg.eps, norm=cfg.norm, steps=cfg.val_steps,
@@ -435,24 +429,8 @@ def train_at(config, *, reuse: bool = False, **kwargs) -> dict:
     cfg.validate()
     if reuse and (done := finished_result(cfg)) is not None:
         return done
-    rank, world, local = dist_info()
-    own_group = world > 1 and not dist.is_initialized()
-    if own_group:
-        cuda = resolve_device(cfg.device, local).type == "cuda"
-        if cuda:
-            torch.cuda.set_device(local)
-        dist.init_process_group("nccl" if cuda else "gloo")
-    try:
+    with process_group(cfg.device):
         trainer = ATTrainer(cfg, **kwargs)
         for _ in trainer.run():
             pass
-        result = trainer.result()
-        if own_group:
-            # every rank done (rank 0 has written its files) before any tears the group down:
-            # gloo aborts a rank whose peer closes the connection under it
-            dist.barrier()
-        return result
-    finally:
-        if own_group:
-            dist.destroy_process_group()
-
+        return trainer.result()

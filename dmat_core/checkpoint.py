@@ -18,7 +18,7 @@ import random
 import tempfile
 import warnings
 from pathlib import Path
-from typing import IO, Any, Iterator, Mapping, Optional, Sequence, Union
+from typing import IO, Any, Iterator, Mapping, Sequence, Union
 
 import numpy as np
 import torch

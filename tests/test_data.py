@@ -1,5 +1,4 @@
 """CIFAR reader, generated-data files, the mixed batch sampler and the augmentation."""
-import math
 import pickle
 import tarfile
 import urllib.error

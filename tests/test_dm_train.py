@@ -15,7 +15,7 @@ from dmat_core import cli
 from dmat_core.checkpoint import load_checkpoint
 from dmat_core.cifar import write_tiny_cifar
 from dmat_core.dm_config import make_dm_config
-from dmat_core.dm_losses import VARIANTS, ATConfig, at_budget, equivariance_loss, fgsm_perturbation
+from dmat_core.dm_losses import VARIANTS, ATConfig, equivariance_loss, fgsm_perturbation
 from dmat_core.dm_train import DMTrainer, image_dm_loss, train_dm
 from dmat_core.images import corrupt_images
 from dmat_core.unet import build_image_denoiser, load_image_denoiser

@@ -1,7 +1,6 @@
 """Every notebook runs top to bottom in quick mode, and is committed the way users meet it:
 outputs stripped, a Colab badge, an install cell that does not pin torch, a printed device."""
 import json
-import os
 import re
 import time
 from pathlib import Path

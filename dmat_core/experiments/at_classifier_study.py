@@ -54,7 +54,7 @@ from ..toy_train import lr_at, make_toy_model, train_toy
 from .at_classifier_report import (_lim, _view, claim_check, markdown_table, paired_differences,
                                    plot_boundaries, summarize)
 # (VARIANT_NAMES is not used here: notebook 05 reads it as `study.VARIANT_NAMES`)
-from .at_classifier_setup import VARIANT_NAMES, VARIANTS, class_mixture, make_dist
+from .at_classifier_setup import VARIANT_NAMES, VARIANTS, class_mixture, make_dist  # noqa: F401
 
 # Sizes: `full` is what results/at_classifier holds; `quick` is for tests (seconds). `h`: grid of
 # the two-class optimum (max flow); `h_multiclass`, `refine`: grid of the K-class bounds (an LP
