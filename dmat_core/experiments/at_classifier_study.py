@@ -24,9 +24,9 @@ raises it further. Here the K classes are known 2D Gaussian mixtures (K = 2 by d
 Writes results.json, table.md (mean ± std over seeds) and boundaries.png under --out
 (:mod:`dmat_core.experiments.at_classifier_report`).
 
-    dmat toy at-classifier-study --out results/at_classifier --seeds 5 --workers 2
+    dmat toy at-classifier-study --out results/at_classifier --seeds 10 --workers 2
     dmat toy at-classifier-study --preset ring8-alt-linf --quick --out /tmp/q
-    dmat toy at-classifier-study --preset ring9-3class --out results/at_classifier-k3 --seeds 5
+    dmat toy at-classifier-study --preset ring9-3class --out results/at_classifier-k3 --seeds 10 --workers 2
 """
 from __future__ import annotations
 
