@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
 import tempfile
@@ -65,6 +66,13 @@ def random_images(n: int, num_classes: int, seed: int):
 def predict(job: str, preset: str, device: str, amp: str | None, timed_steps: int,
             n_real: int, n_generated: int, overrides: dict) -> dict:
     out = tempfile.mkdtemp(prefix="dmat-preset-time-")
+    try:
+        return _predict(job, preset, device, amp, timed_steps, n_real, n_generated, overrides, out)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)  # the trainers write config.json there
+
+
+def _predict(job, preset, device, amp, timed_steps, n_real, n_generated, overrides, out) -> dict:
     common = dict(out_dir=out, progress=False, device=device, **({"amp": amp} if amp else {}), **overrides)
     if job == "train-at":
         cfg = make_config(preset, **common)
@@ -113,14 +121,22 @@ def main() -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="other settings (JSON values), repeatable")
     p.add_argument("--json", help="also write the rows to this file")
     a = p.parse_args()
+    if a.timed_steps < 1 or a.n_real < 1 or a.n_generated < 1:
+        p.error("--timed-steps, --n-real and --n-generated must be >= 1")
     from dmat_core.experiments.cli_settings import parse_set
-    overrides = parse_set(a.set)
+    try:
+        overrides = parse_set(a.set)
+    except ValueError as e:
+        p.error(str(e))
     jobs = ["train-at", "train-dm"] if a.job == "both" else [a.job]
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
     rows = []
     for job in jobs:
         amp = a.amp if not (job == "train-dm" and a.amp == "fp16") else None  # train-dm has no fp16
-        r = predict(job, a.preset, a.device, amp, a.timed_steps, a.n_real, a.n_generated, overrides)
+        try:
+            r = predict(job, a.preset, a.device, amp, a.timed_steps, a.n_real, a.n_generated, overrides)
+        except ValueError as e:  # an unknown preset or setting, a device that is not there
+            p.error(f"{job}: {e}")
         rows.append(r)
         extras = ", ".join(f"{k} {v['count']} x {v['seconds_each']:.2f} s" for k, v in r["extras"].items())
         line = (f"{job} --preset {a.preset} on {r['device_name']} (amp {r['amp']}, channels-last "

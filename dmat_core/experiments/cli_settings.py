@@ -25,6 +25,17 @@ def parse_set(items) -> dict:
     return out
 
 
+def training_parser(sub, name: str, help: str, doc: str, presets: Mapping, notes: Mapping,
+                    config_class: str, set_example: str) -> argparse.ArgumentParser:
+    """The sub-command ``name``: its module docstring ``doc`` and the preset notes as description,
+    and the settings arguments (:func:`add_settings_args`); the caller adds its own flags."""
+    listing = "\n".join(f"  {k}: {v}" for k, v in notes.items())
+    p = sub.add_parser(name, help=help, description=doc + "\npresets:\n" + listing,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_settings_args(p, presets, config_class, set_example)
+    return p
+
+
 def add_settings_args(p: argparse.ArgumentParser, presets: Mapping, config_class: str, set_example: str) -> None:
     """``--preset`` (one of ``presets``), ``--config FILE.json`` and the repeatable ``--set``."""
     p.add_argument("--preset", choices=sorted(presets), help="named settings (flags override them)")
@@ -48,8 +59,10 @@ def config_from_args(a: argparse.Namespace, make: Callable, **flags):
     return make(a.preset, a.config, **{**given, **parse_set(a.set)})
 
 
-def print_result(result: dict) -> None:
-    """The run's result as JSON on stdout, once (rank 0 under torchrun)."""
+def print_result(result: dict, *notes: str) -> None:
+    """The run's result as JSON on stdout, then any ``notes`` lines, once (rank 0 under torchrun)."""
     from ..train_utils import dist_info
     if dist_info()[0] == 0:
         print(json.dumps(result, indent=2))
+        for line in notes:
+            print(line)

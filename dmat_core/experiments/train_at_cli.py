@@ -25,7 +25,7 @@ import torch
 from ..at_config import PRESET_NOTES, PRESETS, make_config, parse_eps, resolve_device
 
 from ..at_eval import ATTACKS
-from .cli_settings import add_run_args, add_settings_args, config_from_args, print_result
+from .cli_settings import add_run_args, config_from_args, print_result, training_parser
 
 
 # ----------------------------------------------------------------------------- train-at
@@ -43,11 +43,8 @@ def _train_main(a: argparse.Namespace) -> int:
 
 
 def _add_train(sub) -> None:
-    presets = "\n".join(f"  {k}: {v}" for k, v in PRESET_NOTES.items())
-    p = sub.add_parser("train-at", help="adversarial training (TRADES / PGD-AT) with generated data",
-                       description=__doc__ + "\npresets:\n" + presets,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_settings_args(p, PRESETS, "TrainATConfig", "arch_kw='{\"width\": 8}'")
+    p = training_parser(sub, "train-at", "adversarial training (TRADES / PGD-AT) with generated data",
+                        __doc__, PRESETS, PRESET_NOTES, "TrainATConfig", "arch_kw='{\"width\": 8}'")
     p.add_argument("--out", help="output folder (checkpoints, logs, result.json); resumes if it has a checkpoint")
     p.add_argument("--data-dir", help="CIFAR folder or archive (default $DMAT_DATA, else ./data)")
     p.add_argument("--generated", help="generated images, .npz with 'image' uint8 (N,32,32,3) and 'label'")

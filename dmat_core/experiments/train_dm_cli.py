@@ -15,31 +15,25 @@ import argparse
 
 from ..dm_config import DM_PRESET_NOTES, DM_PRESETS, make_dm_config
 from ..unet import UNET_SIZES
-from .cli_settings import add_run_args, add_settings_args, config_from_args, print_result
+from .cli_settings import add_run_args, config_from_args, print_result, training_parser
 
 
 def _main(a: argparse.Namespace) -> int:
     from ..dm_train import train_dm
-    from ..train_utils import dist_info
 
     cfg = config_from_args(
         a, make_dm_config, out_dir=a.out, data_dir=a.data_dir, dataset=a.dataset, size=a.size,
         steps=a.steps, batch_size=a.batch_size, lr=a.lr, at_variant=a.at_variant, lam=a.lam,
         at_floor=a.at_floor, noise_p=a.noise_p, noise_std=a.noise_std, checkpoint_every=a.checkpoint_every)
     result = train_dm(cfg, fresh=a.fresh)
-    print_result(result)
-    if dist_info()[0] == 0:
-        print(f"checkpoint: {result['files']['checkpoint.pt']}  (load_image_denoiser reads its EMA weights)")
+    print_result(result, f"checkpoint: {result['files']['checkpoint.pt']}  (load_image_denoiser reads its EMA weights)")
     return 0
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register `train-dm` on the top-level sub-commands of `dmat`."""
-    presets = "\n".join(f"  {k}: {v}" for k, v in DM_PRESET_NOTES.items())
-    p = sub.add_parser("train-dm", help="train an image diffusion model (EDM), optionally with AT for DMs",
-                       description=__doc__ + "\npresets:\n" + presets,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_settings_args(p, DM_PRESETS, "TrainDMConfig", "unet='{\"dropout\": 0.2}'")
+    p = training_parser(sub, "train-dm", "train an image diffusion model (EDM), optionally with AT for DMs",
+                        __doc__, DM_PRESETS, DM_PRESET_NOTES, "TrainDMConfig", "unet='{\"dropout\": 0.2}'")
     p.add_argument("--out", help="output folder (checkpoint, log, samples); resumes if it holds a checkpoint")
     p.add_argument("--fresh", action="store_true", help="start over: remove the run found in --out")
     p.add_argument("--data-dir", help="CIFAR folder or archive (default $DMAT_DATA, else ./data)")
