@@ -1,4 +1,4 @@
-"""PGD-10 (Linf 8/255, step 2/255): dmat_core.attacks.pgd against torchattacks.PGD, in one process.
+"""PGD-10 (Linf 8/255, step 2/255): dmat_core.robust.attacks.pgd against torchattacks.PGD, in one process.
 
 Like for like: same model, same batch, same steps (10), step size (2/255) and budget, dmat's
 ``pgd(..., keep_best=False)`` (the last iterate, as torchattacks returns) and both started at x
@@ -31,11 +31,11 @@ from pathlib import Path
 
 import torch
 
-from dmat_core import data
-from dmat_core.at_config import make_config
-from dmat_core.at_train import ATTrainer
-from dmat_core.attacks import pgd
-from dmat_core.classifiers import PreActResNet18
+from dmat_core.images import data
+from dmat_core.robust.config import make_config
+from dmat_core.robust.train import ATTrainer
+from dmat_core.robust.attacks import pgd
+from dmat_core.robust.classifiers import PreActResNet18
 
 EPS, ALPHA, STEPS = 8 / 255, 2 / 255, 10
 

@@ -2,7 +2,7 @@
 overhead beside the bare network evaluations, for the tiny / small / large U-Net, in one process.
 
 For each model (random weights: speed does not depend on them) and a fixed batch of latents and
-labels, `dmat_core.generate.sample_images` runs as `dmat generate` runs it per batch (EDM Heun,
+labels, `dmat_core.images.generate.sample_images` runs as `dmat generate` runs it per batch (EDM Heun,
 20 steps = 39 NFE, through `samplers.run`, then the uint8 conversion) with the denoiser wrapped
 in a timer, so the network calls are timed inside the very run they belong to:
 
@@ -30,10 +30,10 @@ from pathlib import Path
 
 import torch
 
-from dmat_core.checkpoint import atomic_write_text
-from dmat_core.generate import sample_images
-from dmat_core.samplers import latent_noise, nfe
-from dmat_core.unet import build_image_denoiser
+from dmat_core.common.checkpoint import atomic_write_text
+from dmat_core.images.generate import sample_images
+from dmat_core.diffusion.samplers import latent_noise, nfe
+from dmat_core.images.unet import build_image_denoiser
 
 SECTION = "## `bench/generate.py`: class-conditional generation, images/s and sampler overhead"
 HEADER = ("| date | device | U-Net (parameters) | batch | sampler | NFE | images/s | ms per network call "

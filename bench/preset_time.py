@@ -33,10 +33,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from dmat_core.at_config import make_config  # noqa: E402
-from dmat_core.at_train import ATTrainer  # noqa: E402
-from dmat_core.dm_config import make_dm_config  # noqa: E402
-from dmat_core.dm_train import DMTrainer  # noqa: E402
+from dmat_core.robust.config import make_config  # noqa: E402
+from dmat_core.robust.train import ATTrainer  # noqa: E402
+from dmat_core.images.dm_config import make_dm_config  # noqa: E402
+from dmat_core.images.dm_train import DMTrainer  # noqa: E402
 
 # What the preset notes (at_config.PRESET_NOTES, dm_config.DM_PRESET_NOTES) promise, in seconds.
 CLAIMS = {
@@ -123,7 +123,7 @@ def main() -> None:
     a = p.parse_args()
     if a.timed_steps < 1 or a.n_real < 1 or a.n_generated < 1:
         p.error("--timed-steps, --n-real and --n-generated must be >= 1")
-    from dmat_core.experiments.cli_settings import parse_set
+    from dmat_core.cli.settings import parse_set
     try:
         overrides = parse_set(a.set)
     except ValueError as e:

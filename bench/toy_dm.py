@@ -45,11 +45,11 @@ from pathlib import Path
 
 import torch
 
-from dmat_core.metrics import sample_metrics
-from dmat_core.samplers import latent_noise, run
-from dmat_core.toy_nets import data_std
-from dmat_core.toy_train import make_toy_model, train_toy
-from dmat_core.toys import make_distribution
+from dmat_core.toys.metrics import sample_metrics
+from dmat_core.diffusion.samplers import latent_noise, run
+from dmat_core.toys.nets import data_std
+from dmat_core.toys.train import make_toy_model, train_toy
+from dmat_core.toys.mixtures import make_distribution
 
 SW2_FACTOR, NLL_TOL = 2.0, 0.2
 SD_HIDDEN = (16, 128, 256, 256, 128, 16)        # ~136k parameters, as dmat's width 128 depth 3

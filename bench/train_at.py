@@ -1,6 +1,6 @@
 """TRADES training throughput (images/s) of dmat's trainer against a plain TRADES step, in one process.
 
-The trainer (:class:`dmat_core.at_train.ATTrainer`) runs its real step: batch gathered from the
+The trainer (:class:`dmat_core.robust.train.ATTrainer`) runs its real step: batch gathered from the
 mixed real/generated sampler and augmented, TRADES-10 inner maximisation (BN frozen, uniform
 start), TRADES loss with label smoothing, SGD Nesterov, EMA update, loss checks. The reference
 is a TRADES step written like the DM-Improves-AT code (``gowal21uncovering/utils/trades.py`` +
@@ -23,9 +23,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dmat_core.at_config import make_config
-from dmat_core.at_train import ATTrainer
-from dmat_core.train_utils import param_groups
+from dmat_core.robust.config import make_config
+from dmat_core.robust.train import ATTrainer
+from dmat_core.common.train_utils import param_groups
 
 
 def sync():

@@ -1,8 +1,18 @@
-"""dmat_core: exact toy distributions, diffusion samplers, attacks and trainers behind the dmat notebooks.
+"""dmat_core: diffusion models and adversarial training, both ways, measured exactly where possible.
 
-Layers, bottom to top (no module imports one above it):
-    toys, diffusion         known densities; sigma schedules, conversions, preconditioning
-    samplers, metrics       DDPM / DDIM / EDM samplers over one denoiser interface; exact metrics
-    experiments, cli        the demo and studies, the `dmat` command line
+One subpackage per layer, bottom to top; a module imports only from its own subpackage and the
+ones before it in ``LAYERS`` (``tests/test_layers.py`` checks every import, README's package
+table lists the same order):
+
+    common     files, processes, settings shared by every trainer
+    diffusion  EDM math, samplers, the denoising loss and AT for diffusion models, flow measures
+    toys       known densities: exact scores, corruption, exact metrics, toy nets and trainer
+    images     CIFAR-10 and generated data, the U-Net, image DM training, generation, quality
+    robust     attacks, TRADES / PGD-AT, classifiers, AutoAttack; exact robust accuracy in 2D
+    viz        plots for the notebooks
+    studies    the demo and the two exact studies that write results/
+    cli        the `dmat` command line
 """
 __version__ = "0.1.0"
+
+LAYERS = ("common", "diffusion", "toys", "images", "robust", "viz", "studies", "cli")

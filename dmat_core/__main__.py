@@ -1,4 +1,4 @@
 """`python -m dmat_core ...` is the same as `dmat ...`."""
-from .cli import main
+from .cli.main import main
 
 raise SystemExit(main())

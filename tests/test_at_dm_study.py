@@ -6,10 +6,10 @@ import json
 import pytest
 import torch
 
-from dmat_core.corruption import corrupt, data_extent
-from dmat_core.experiments import at_dm_setup
-from dmat_core.experiments import at_dm_study as study
-from dmat_core.toys import plane3d, ring8
+from dmat_core.toys.corruption import corrupt, data_extent
+from dmat_core.studies import at_dm_setup
+from dmat_core.studies import at_dm_study as study
+from dmat_core.toys.mixtures import plane3d, ring8
 
 
 def test_quick_study_writes_results_table_and_figures(tmp_path):
@@ -133,8 +133,8 @@ def test_offplane_noise_ordering_reproduces(tmp_path):
 def test_corrupted_distribution_is_what_corrupt_draws(name, kind, kw):
     """The mixture of the corrupted training distribution has the covariance of the points
     `corrupt` draws, and the noise level it was made with maximises their likelihood."""
-    from dmat_core.corruption import corrupted_distribution
-    from dmat_core.toys import make_distribution
+    from dmat_core.toys.corruption import corrupted_distribution
+    from dmat_core.toys.mixtures import make_distribution
     dist = make_distribution(name, **kw)
     x, _ = corrupt(dist, 100_000, kind, p=0.9, s=0.2, generator=torch.Generator().manual_seed(0))
     mix = corrupted_distribution(dist, kind, p=0.9, s=0.2)

@@ -6,9 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dmat_core.at_losses import pgd_at_loss, trades_kl, trades_loss
-from dmat_core.attacks import attack_objective, fgsm, linf_bounds, pgd, project, trades_inner
-from dmat_core.classifiers import SmallCNN, ToyMLP
+from dmat_core.robust.losses import pgd_at_loss, trades_kl, trades_loss
+from dmat_core.robust.attacks import attack_objective, fgsm, linf_bounds, pgd, project, trades_inner
+from dmat_core.robust.classifiers import SmallCNN, ToyMLP
 
 EPS_TOY = 0.15
 

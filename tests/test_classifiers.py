@@ -4,8 +4,8 @@ import re
 import pytest
 import torch
 
-from dmat_core.classifiers import (CIFAR10_MEAN, CIFAR10_STD, CheckpointMismatchError, PreActResNet18,
-                                   SmallCNN, ToyMLP, WideResNet, build_classifier, load_published_checkpoint)
+from dmat_core.robust.classifiers import (CIFAR10_MEAN, CIFAR10_STD, CheckpointMismatchError, PreActResNet18,
+    SmallCNN, ToyMLP, WideResNet, build_classifier, load_published_checkpoint)
 
 KEY = re.compile(r"^(init_conv|layer\.[012]\.block\.\d+\.(batchnorm_[01]|conv_[01]|shortcut)|batchnorm|logits)"
                  r"\.(weight|bias|running_mean|running_var|num_batches_tracked)$")

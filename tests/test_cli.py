@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from dmat_core.cli import main
+from dmat_core.cli.main import main
 
 
 def test_help_lists_commands(capsys):
@@ -64,7 +64,7 @@ def test_demo_quick(tmp_path, capsys):
 
 
 def test_set_values_are_json_when_they_parse_else_strings():
-    from dmat_core.experiments.cli_settings import parse_set
+    from dmat_core.cli.settings import parse_set
     got = parse_set(["lam=0.5", "unet={\"dropout\": 0.1}", "at-variant=adversarial", "ema=true", "note=a=b"])
     assert got == {"lam": 0.5, "unet": {"dropout": 0.1}, "at_variant": "adversarial", "ema": True, "note": "a=b"}
     assert parse_set(None) == {}

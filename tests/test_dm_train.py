@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from dmat_core import cli
-from dmat_core.checkpoint import load_checkpoint
-from dmat_core.cifar import write_tiny_cifar
-from dmat_core.dm_config import make_dm_config
-from dmat_core.dm_losses import VARIANTS, ATConfig, equivariance_loss, fgsm_perturbation
-from dmat_core.dm_train import DMTrainer, image_dm_loss, train_dm
-from dmat_core.images import corrupt_images
-from dmat_core.unet import build_image_denoiser, load_image_denoiser
+from dmat_core.cli import main as cli
+from dmat_core.common.checkpoint import load_checkpoint
+from dmat_core.images.cifar import write_tiny_cifar
+from dmat_core.images.dm_config import make_dm_config
+from dmat_core.diffusion.losses import VARIANTS, ATConfig, equivariance_loss, fgsm_perturbation
+from dmat_core.images.dm_train import DMTrainer, image_dm_loss, train_dm
+from dmat_core.images.pixels import corrupt_images
+from dmat_core.images.unet import build_image_denoiser, load_image_denoiser
 
 f64 = torch.float64
 
@@ -268,7 +268,7 @@ def test_cli_refuses_bad_input(tmp_path, capsys, flags, message):
 
 
 def test_out_dir_of_another_kind_is_refused(tiny_dir, tmp_path):
-    from dmat_core.checkpoint import atomic_save
+    from dmat_core.common.checkpoint import atomic_save
     atomic_save({"format": "dmat-at-train/1", "step": 3}, tmp_path / "checkpoint.pt")
     before = (tmp_path / "checkpoint.pt").read_bytes()
     with pytest.raises(FileExistsError, match="not a dmat train-dm checkpoint"):

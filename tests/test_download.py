@@ -6,7 +6,7 @@ import urllib.request
 
 import pytest
 
-from dmat_core import download as dl
+from dmat_core.common import download as dl
 
 
 def test_file_url_is_copied_atomically_and_kept(tmp_path):

@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 
-from dmat_core.flow import (denoiser_deviation_attack, jacobian_frobenius, memorization_rate,
-                            trajectory_attack, trajectory_stats)
-from dmat_core.samplers import latent_noise, run
-from dmat_core.toys import GaussianMixture, anisotropic, ring8, subspace
+from dmat_core.diffusion.flow import denoiser_deviation_attack, trajectory_attack, trajectory_stats
+from dmat_core.diffusion.samplers import latent_noise, run
+from dmat_core.toys.mixtures import GaussianMixture, anisotropic, ring8, subspace
+from dmat_core.toys.smoothness import jacobian_frobenius, memorization_rate
 
 f64 = torch.float64
 
@@ -97,7 +97,7 @@ def test_trajectory_attack_budget_zero_is_the_plain_sampler():
 def test_jacobian_sq_norm_of_a_linear_denoiser_any_shape():
     """D(x) = A x has ||J||_F^2 = ||A||_F^2 at every point: exact to rounding, and Hutchinson
     within its sampling error, for vectors and for image-shaped inputs."""
-    from dmat_core.flow import jacobian_sq_norm
+    from dmat_core.diffusion.flow import jacobian_sq_norm
     g = torch.Generator().manual_seed(0)
     A = torch.randn(12, 12, generator=g, dtype=torch.float64)
     D = lambda x, s: (x.flatten(1) @ A.T).reshape(x.shape)

@@ -3,10 +3,10 @@ the random start's, budget 0 is the clean run bit for bit, and the labels reach 
 import pytest
 import torch
 
-from dmat_core.flow import deviation, trajectory_attack
-from dmat_core.flow_images import trajectory_attack_report
-from dmat_core.samplers import latent_noise, run
-from dmat_core.unet import build_image_denoiser
+from dmat_core.diffusion.flow import deviation, trajectory_attack
+from dmat_core.images.trajectory import trajectory_attack_report
+from dmat_core.diffusion.samplers import latent_noise, run
+from dmat_core.images.unet import build_image_denoiser
 
 STEPS, K_STEP, BUDGET = 4, 2, 0.3
 

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from dmat_core.cli import main
-from dmat_core.gendata import load_generated
-from dmat_core.generate import (MANIFEST, class_labels, generate, generate_shards, make_shard, shard_name,
-                                shard_seed, weights_sha256)
-from dmat_core.images import model_to_image
-from dmat_core.samplers import latent_noise, run
-from dmat_core.unet import build_image_denoiser, load_image_denoiser, save_image_denoiser
+from dmat_core.cli.main import main
+from dmat_core.images.gendata import load_generated
+from dmat_core.images.generate import (MANIFEST, class_labels, generate, generate_shards, make_shard,
+    shard_name, shard_seed, weights_sha256)
+from dmat_core.images.pixels import model_to_image
+from dmat_core.diffusion.samplers import latent_noise, run
+from dmat_core.images.unet import build_image_denoiser, load_image_denoiser, save_image_denoiser
 
 K = 4
 SETTINGS = dict(n=12, shard_size=5, steps=2, batch_size=4, seed=3, progress=False)   # shards 5, 5, 2
@@ -83,7 +83,7 @@ def test_shards_are_valid_balanced_and_made_by_the_sampler(ckpt, tmp_path):
 
 def test_bf16_sampling_runs_the_network_in_bf16_and_stays_close():
     """amp='bf16' (the GPU setting; CPU autocast has it too) changes some pixels, by little."""
-    from dmat_core.generate import sample_images
+    from dmat_core.images.generate import sample_images
     D = tiny_denoiser()
     lat = latent_noise(6, (3, 32, 32), generator=torch.Generator().manual_seed(0)) * 80.0
     a = sample_images(D, lat, np.arange(6) % K, steps=4, amp="off")

@@ -1,40 +1,35 @@
-"""README's package table is the layering of dmat_core: every import of every module (those
-inside functions too) goes to its own row of the table or a row before it, and every module is
-in the table once."""
+"""The folders of dmat_core are its layers: ``dmat_core.LAYERS`` names the subpackages bottom to
+top, every import of every module (those inside functions too) goes to its own subpackage or one
+before it, no modules import each other in a cycle, and README's package table lists the same
+folders in the same order with exactly the modules each holds."""
 import ast
 import re
 from pathlib import Path
 
+import dmat_core
+
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "dmat_core"
+LAYERS = dmat_core.LAYERS
 
 
-def table_rows() -> dict:
-    """{module: row index} from the table under '## The package' in README.md."""
-    text = (ROOT / "README.md").read_text()
-    section = text.split("## The package", 1)[1].split("\n## ", 1)[0]
-    rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| layer")]
-    out = {}
-    for i, line in enumerate(rows):
-        cell, depth, top = line.split("|")[2], 0, []
-        for ch in cell:  # the module names, not what the parentheses after them say
-            depth += (ch == "(") - (ch == ")")
-            top.append(ch if depth == 0 and ch != ")" else "")
-        for name in re.findall(r"`([a-z_]+/?)`", "".join(top)):
-            assert name.rstrip("/") not in out, f"{name} is in two rows of README's package table"
-            out[name.rstrip("/")] = i
-    return out
+def modules(folder: Path):
+    return sorted(p.stem for p in folder.glob("*.py") if p.stem != "__init__")
 
 
-def module_key(path: Path) -> str:
-    rel = path.relative_to(PKG).with_suffix("")
-    return "experiments" if rel.parts[0] == "experiments" else rel.name
+def layer_of(path: Path) -> str:
+    """The subpackage a module belongs to (None for dmat_core/__init__.py and __main__.py)."""
+    rel = path.relative_to(PKG) if path.is_relative_to(PKG) else Path(path.name)
+    return rel.parts[0] if len(rel.parts) > 1 else None
 
 
 def module_name(path: Path) -> str:
-    """Dotted name: dmat_core.toys, dmat_core.experiments.demo (a file the tests write elsewhere
-    is read as a module of dmat_core)."""
-    rel = path.relative_to(ROOT) if path.is_relative_to(ROOT) else Path("dmat_core") / path.name
+    """Dotted name: dmat_core.toys.mixtures (a file the tests write elsewhere is read as a module
+    of dmat_core, in the folder its parent directory names)."""
+    if path.is_relative_to(ROOT):
+        rel = path.relative_to(ROOT)
+    else:
+        rel = Path("dmat_core") / path.parent.name / path.name
     return ".".join(rel.with_suffix("").parts)
 
 
@@ -42,16 +37,20 @@ def imported_names(path: Path):
     """(line, dotted dmat_core module) for every import in the file, at any depth; ``from pkg
     import name`` gives pkg.name when that is a module of the package, else pkg."""
     package = module_name(path).rsplit(".", 1)[0]
+    if path.name == "__init__.py":
+        package = module_name(path)
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom):
             if node.level:
-                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                parts = package.split(".")
+                base = parts[: len(parts) - node.level + 1]
                 mod = ".".join(base + ([node.module] if node.module else []))
             elif (node.module or "").startswith("dmat_core"):
                 mod = node.module
             else:
                 continue
-            subs = [f"{mod}.{a.name}" for a in node.names if (ROOT / f"{mod}.{a.name}".replace(".", "/")).with_suffix(".py").is_file()]
+            subs = [f"{mod}.{a.name}" for a in node.names
+                    if (ROOT / f"{mod}.{a.name}".replace(".", "/")).with_suffix(".py").is_file()]
             for target in subs or [mod]:
                 yield node.lineno, target
         elif isinstance(node, ast.Import):
@@ -60,40 +59,87 @@ def imported_names(path: Path):
                     yield node.lineno, alias.name
 
 
-def imported_modules(path: Path):
-    """(line, row key of README's table) for every import of a dmat_core module in the file."""
+def imported_layers(path: Path):
+    """(line, subpackage) for every import of a dmat_core module in the file."""
     for line, name in imported_names(path):
         parts = name.split(".")
         if len(parts) > 1:
             yield line, parts[1]
 
 
-def test_every_module_is_in_the_table():
+def table_rows() -> list:
+    """[(folder, [modules])] from the table under '## The package' in README.md, in order."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## The package", 1)[1].split("\n## ", 1)[0]
+    rows = []
+    for line in section.splitlines():
+        if not line.startswith("| ") or line.startswith("| layer") or line.startswith("|---"):
+            continue
+        cells = line.split("|")
+        folder = re.findall(r"`([a-z_]+)/`", cells[1])
+        cell, depth, top = cells[2], 0, []
+        for ch in cell:  # the module names, not what the parentheses after them say
+            depth += (ch == "(") - (ch == ")")
+            top.append(ch if depth == 0 and ch != ")" else "")
+        rows.append((folder[0] if folder else None, re.findall(r"`([a-z_0-9]+)`", "".join(top))))
+    return rows
+
+
+def test_layers_are_the_folders():
+    folders = sorted(p.name for p in PKG.iterdir() if (p / "__init__.py").is_file())
+    assert sorted(LAYERS) == folders, f"dmat_core.LAYERS {LAYERS} is not the set of subpackages {folders}"
+    stray = [p.name for p in PKG.glob("*.py") if p.name not in ("__init__.py", "__main__.py")]
+    assert not stray, f"modules outside every layer folder: {stray}"
+    assert not list(PKG.glob("*/*/*.py")), "layers are one folder deep"
+
+
+def test_readme_table_is_the_layering():
     rows = table_rows()
-    modules = {module_key(p) for p in PKG.rglob("*.py")} - {"__init__", "__main__"}
-    assert not modules - set(rows), f"modules missing from README's package table: {sorted(modules - set(rows))}"
-    assert not set(rows) - modules, f"README's package table names modules that do not exist: {sorted(set(rows) - modules)}"
+    assert [f for f, _ in rows] == list(LAYERS), \
+        f"README's package table lists {[f for f, _ in rows]}, the package {list(LAYERS)}"
+    for folder, listed in rows:
+        real = modules(PKG / folder)
+        assert sorted(listed) == real, f"README's row for {folder}/ lists {sorted(listed)}, the folder holds {real}"
+
+
+def test_init_docstrings_name_their_layer():
+    top = PKG / "__init__.py"
+    doc = ast.get_docstring(ast.parse(top.read_text()))
+    assert [line.split()[0] for line in doc.splitlines() if line.startswith("    ")] == list(LAYERS)
+    for i, folder in enumerate(LAYERS):
+        sub = ast.get_docstring(ast.parse((PKG / folder / "__init__.py").read_text()))
+        assert sub and sub.startswith(f"Layer {i} "), f"dmat_core/{folder}/__init__.py must say 'Layer {i}'"
+        for m in modules(PKG / folder):
+            assert f"``{m}``" in sub, f"dmat_core/{folder}/__init__.py does not describe {m}"
+
+
+def upward_imports(paths):
+    out = []
+    for path in paths:
+        src = layer_of(path)
+        if src is None:
+            continue
+        for line, target in imported_layers(path):
+            if target in LAYERS and LAYERS.index(target) > LAYERS.index(src):
+                out.append(f"{path}:{line} {src} (layer {LAYERS.index(src)}) imports {target} "
+                           f"(layer {LAYERS.index(target)})")
+    return out
 
 
 def test_imports_go_down_the_layers_only():
-    rows = table_rows()
-    upward = []
-    for path in sorted(PKG.rglob("*.py")):
-        src = module_key(path)
-        if src in ("__init__", "__main__"):
-            continue
-        for line, target in imported_modules(path):
-            if target in rows and rows[target] > rows[src]:
-                upward.append(f"{path.relative_to(ROOT)}:{line} {src} (row {rows[src]}) imports {target} (row {rows[target]})")
-    assert not upward, "imports against the layering of README's package table:\n" + "\n".join(upward)
+    upward = upward_imports(sorted(PKG.rglob("*.py")))
+    assert not upward, "imports against the layering:\n" + "\n".join(upward)
 
 
 def test_the_check_sees_an_upward_import(tmp_path):
     """The parser finds imports inside functions and relative ones, so the check can fail."""
-    f = tmp_path / "toys.py"
-    f.write_text("def f():\n    from .at_train import train_at\n    from dmat_core.unet import build_image_denoiser\n")
-    got = [t for _, t in imported_modules(f)]
-    assert got == ["at_train", "unet"]
+    f = tmp_path / "toys" / "mixtures.py"
+    f.parent.mkdir()
+    f.write_text("def f():\n    from ..robust.train import train_at\n    from dmat_core.images.unet import x\n"
+                 "    from .metrics import y\n")
+    got = [t for _, t in imported_names(f)]
+    assert got == ["dmat_core.robust.train", "dmat_core.images.unet", "dmat_core.toys.metrics"]
+    assert [t for _, t in imported_layers(f)] == ["robust", "images", "toys"]
 
 
 def find_cycles(graph: dict) -> list:
@@ -116,9 +162,10 @@ def find_cycles(graph: dict) -> list:
 
 
 def test_no_import_cycles():
-    """Module by module (inside experiments/ too), imports at any depth form no cycle."""
+    """Module by module (inside each layer too), imports at any depth form no cycle."""
     graph = {module_name(p): {t for _, t in imported_names(p)} for p in PKG.rglob("*.py")}
     graph = {m: {t for t in ts if t in graph and t != m} for m, ts in graph.items()}
     cycles = find_cycles(graph)
     assert not cycles, "import cycles:\n" + "\n".join(cycles)
     assert find_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a -> b -> c -> a"]
+

@@ -3,8 +3,8 @@ import pytest
 import torch
 from torch import nn
 
-from dmat_core.robust_eval import (GradientMaskingWarning, autoattack_eval, check_model_contract, clean_accuracy,
-                                   pgd_accuracy)
+from dmat_core.robust.autoattack import (GradientMaskingWarning, autoattack_eval, check_model_contract,
+    clean_accuracy, pgd_accuracy)
 
 EPS = 0.01
 

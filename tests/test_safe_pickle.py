@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from dmat_core.safe_pickle import safe_load_pickle, safe_loads_pickle
+from dmat_core.common.safe_pickle import safe_load_pickle, safe_loads_pickle
 
 
 class _RunsCommand:

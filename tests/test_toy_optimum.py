@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from dmat_core import toy_optimum as optimum
-from dmat_core.toys import GaussianMixture, ring8
+from dmat_core.robust import optimum2d as optimum
+from dmat_core.toys.mixtures import GaussianMixture, ring8
 
 
 @pytest.mark.parametrize("norm", ["l2", "linf"])

@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from dmat_core import toy_robust as tr
-from dmat_core.classifiers import ToyMLP
+from dmat_core.robust import exact2d as tr
+from dmat_core.robust.classifiers import ToyMLP
 
 
 def _linear(w, b):

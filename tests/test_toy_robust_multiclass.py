@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from dmat_core import toy_optimum as optimum
-from dmat_core import toy_robust_multiclass as mc
-from dmat_core.experiments.at_classifier_setup import ring_classes
-from dmat_core.toys import GaussianMixture
+from dmat_core.robust import optimum2d as optimum
+from dmat_core.robust import optimum2d_multiclass as mc
+from dmat_core.studies.at_classifier_setup import ring_classes
+from dmat_core.toys.mixtures import GaussianMixture
 
 
 def brute_force(w, eu, ev):

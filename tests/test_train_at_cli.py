@@ -4,10 +4,10 @@ import json
 import pytest
 import torch
 
-from dmat_core import data
-from dmat_core.cli import main
-from dmat_core.classifiers import WideResNet
-from dmat_core.at_eval import evaluate
+from dmat_core.images import data
+from dmat_core.cli.main import main
+from dmat_core.robust.classifiers import WideResNet
+from dmat_core.robust.evaluate import evaluate
 
 
 def train_args(root):

@@ -1,0 +1,109 @@
+"""The `dmat` command line (also `python -m dmat_core`).
+
+Each experiment module owns its sub-command through an `add_parser(subparsers)` function;
+this file only assembles them and turns a bad argument into one clear line (exit code 2).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import numpy as np
+
+from .. import __version__
+
+EPILOG = """examples:
+  dmat demo                                    samplers on exact denoisers, exact metrics
+  dmat toy sample --dist ring8 --sampler heun --steps 18 --n 20000 --out x.npz --json
+"""
+
+
+def _toy_sample(a: argparse.Namespace) -> int:
+    """`dmat toy sample`: samples from the exact denoiser of a preset, metrics as JSON."""
+    from ..common.checkpoint import atomic_savez
+    from ..studies.demo import sample_exact
+    from ..toys.metrics import sample_metrics
+    from ..toys.mixtures import make_distribution
+
+    dist = make_distribution(a.dist)
+    if a.denoiser != "exact":
+        raise ValueError(f"unknown denoiser {a.denoiser!r}; choose 'exact'")
+    from ..diffusion.samplers import SAMPLERS
+    steps = SAMPLERS[a.sampler] if a.steps is None else a.steps
+    kw = {"S_churn": a.churn} if a.churn else {}
+    x, nfe, sec = sample_exact(dist, a.sampler, steps, a.n, a.seed, **kw)
+    if a.out:
+        atomic_savez(a.out, x=x.numpy().astype(np.float32))
+    if a.json:
+        m = sample_metrics(dist, x, seed=a.seed)
+        m.update(dist=a.dist, sampler=a.sampler, steps=steps, nfe=nfe, seconds=sec, out=a.out)
+        print(json.dumps(m))
+    elif not a.out:
+        print("nothing to do: give --out FILE.npz and/or --json", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _add_toy(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
+    from ..diffusion.samplers import SAMPLERS
+    from ..toys.mixtures import PRESETS
+
+    toy = sub.add_parser("toy", help="known-density toys: sampling and studies",
+                         description="Experiments on distributions whose density is known exactly.")
+    tsub = toy.add_subparsers(dest="toy_command", metavar="COMMAND", required=True)
+    p = tsub.add_parser("sample", help="sample a preset with a sampler and the exact denoiser",
+                        description="Sample a known distribution through a sampler driven by its "
+                        "exact denoiser; write the samples (`x`, float32 (n, d)) and/or print "
+                        "the exact metrics as one JSON object.")
+    p.add_argument("--dist", required=True, choices=sorted(PRESETS), help="distribution preset")
+    p.add_argument("--denoiser", default="exact", help="denoiser (default: exact)")
+    p.add_argument("--sampler", default="heun", choices=sorted(SAMPLERS), help="(default: heun)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="sampler steps (default: heun 18, euler 40, ddim 50, ddpm 1000)")
+    p.add_argument("--churn", type=float, default=0.0, help="EDM S_churn for heun (default: 0)")
+    p.add_argument("--n", type=int, default=20_000, help="number of samples (default: 20000)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--out", default=None, help="write the samples to this .npz")
+    p.add_argument("--json", action="store_true", help="print the exact metrics as JSON on stdout")
+    p.set_defaults(func=_toy_sample)
+    return tsub
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ..studies import demo
+
+    parser = argparse.ArgumentParser(
+        prog="dmat", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="dmat: diffusion models and adversarial training, measured exactly.")
+    parser.add_argument("--version", action="version", version=f"dmat {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    demo.add_parser(sub)
+    tsub = _add_toy(sub)
+    for hook in _extension_hooks():
+        hook(sub, tsub)
+    return parser
+
+
+def _extension_hooks():
+    """Sub-commands of the later layers (studies, trainers, generation), each registered by the
+    module that implements it. Imported here, not at the top, so `dmat --help` stays quick."""
+    from ..studies import at_classifier_study, at_dm_study
+    from . import generate as generate_cli, train_at as train_at_cli, train_dm as train_dm_cli
+    return [lambda sub, tsub: at_dm_study.add_parser(tsub),
+            lambda sub, tsub: train_at_cli.add_parser(sub),
+            lambda sub, tsub: at_classifier_study.add_parser(tsub),
+            lambda sub, tsub: train_dm_cli.add_parser(sub),
+            lambda sub, tsub: generate_cli.add_parser(sub)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        parser.exit(2, f"dmat: error: {e}\n")
+    except KeyboardInterrupt:
+        print("dmat: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,68 @@
+"""What the training CLIs (`dmat train-at`, `dmat train-dm`) share: how settings are layered.
+
+Settings: defaults < ``--preset`` < ``--config FILE.json`` < flags < ``--set key=value``. Each CLI
+declares its own flags; this module adds the layering arguments, the run arguments every long job
+has, merges them into a config, and prints the result once (rank 0 under torchrun).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Callable, Mapping
+
+
+def parse_set(items) -> dict:
+    """``key=value`` pairs; values are JSON when they parse (numbers, true, {...}), else strings."""
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set expects key=value, got {item!r}")
+        try:
+            out[key.strip().replace("-", "_")] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip().replace("-", "_")] = value
+    return out
+
+
+def training_parser(sub, name: str, help: str, doc: str, presets: Mapping, notes: Mapping,
+                    config_class: str, set_example: str) -> argparse.ArgumentParser:
+    """The sub-command ``name``: its module docstring ``doc`` and the preset notes as description,
+    and the settings arguments (:func:`add_settings_args`); the caller adds its own flags."""
+    listing = "\n".join(f"  {k}: {v}" for k, v in notes.items())
+    p = sub.add_parser(name, help=help, description=doc + "\npresets:\n" + listing,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_settings_args(p, presets, config_class, set_example)
+    return p
+
+
+def add_settings_args(p: argparse.ArgumentParser, presets: Mapping, config_class: str, set_example: str) -> None:
+    """``--preset`` (one of ``presets``), ``--config FILE.json`` and the repeatable ``--set``."""
+    p.add_argument("--preset", choices=sorted(presets), help="named settings (flags override them)")
+    p.add_argument("--config", help=f"JSON file of settings (keys of {config_class})")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help=f"any other setting, e.g. --set {set_example} (repeatable)")
+
+
+def add_run_args(p: argparse.ArgumentParser, amp_choices, amp_help: str) -> None:
+    """The arguments of every long job: seed, precision, device, progress bar."""
+    p.add_argument("--seed", type=int)
+    p.add_argument("--amp", choices=list(amp_choices), help=f"autocast precision ({amp_help})")
+    p.add_argument("--device", help="auto (default: cuda:LOCAL_RANK if available, else cpu), cpu, cuda, cuda:1")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def config_from_args(a: argparse.Namespace, make: Callable, **flags):
+    """``make(preset, config_file, **settings)`` with the flags that were given, then ``--set``."""
+    flags.update(seed=a.seed, amp=a.amp, device=a.device, progress=False if a.no_progress else None)
+    given = {k: v for k, v in flags.items() if v is not None}
+    return make(a.preset, a.config, **{**given, **parse_set(a.set)})
+
+
+def print_result(result: dict, *notes: str) -> None:
+    """The run's result as JSON on stdout, then any ``notes`` lines, once (rank 0 under torchrun)."""
+    from ..common.train_utils import dist_info
+    if dist_info()[0] == 0:
+        print(json.dumps(result, indent=2))
+        for line in notes:
+            print(line)

@@ -1,0 +1,7 @@
+"""Layer 0 -- files, processes and settings that every trainer and study shares.
+
+``checkpoint`` (atomic writes, ``weights_only`` loading, RNG state), ``safe_pickle`` (an
+unpickler of plain data only), ``download`` (atomic, checksummed), ``settings`` (the device
+flag, budgets such as ``8/255``, a preset under a JSON file), ``train_utils`` (EMA, schedules,
+DDP helpers, CSV logs), ``notebook`` (quick mode, device, paths). Imports nothing of dmat_core.
+"""

@@ -1,0 +1,9 @@
+"""Layer 1 -- diffusion models in EDM's sigma parametrisation, for any data shape.
+
+``edm`` (EDM noise levels, DDPM schedules mapped to sigma, x0/eps/score conversions, the
+preconditioning and the noise embedding), ``samplers`` (DDPM ancestral, DDIM, EDM Euler and
+Heun over one denoiser ``D(x, sigma, labels=None)``), ``losses`` (the denoising loss and
+*adversarial training for diffusion models*: random, adversarial, invariance -- Briglia et al.),
+``flow`` (Jacobian norms, trajectory statistics, attacks on the sampling trajectory).
+Toys and images both build on this layer.
+"""

@@ -1,0 +1,287 @@
+"""Tables and figures of the AT-for-DMs study (:mod:`dmat_core.studies.at_dm_study`).
+
+Imports the study's settings and data from :mod:`~dmat_core.studies.at_dm_setup`, never the
+study itself (the study imports this module).
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .at_dm_setup import ARMS, project_2d, study_config, training_set
+
+# (key, header, format) of the main table, for mixtures of full-rank modes and for subspace data
+COLUMNS_MODES = [("off_mode_mass", "off-mode mass", ".4f"), ("nll_gap", "NLL - H", "+.3f"),
+                 ("sw2_ratio", "SW2/floor", ".2f"), ("spread_ratio", "spread", ".3f"),
+                 ("modes_covered", "modes", ".1f"), ("den_err@0.05", "D err @0.05", ".3f"),
+                 ("mem_rate", "mem. rate", ".3f"), ("jac@0.05", "‖J‖_F @0.05", ".3f"),
+                 ("length", "path length", ".3f")]
+COLUMNS_SUBSPACE = [("residual_rms", "residual RMS", ".4f"),
+                    ("off_manifold_share", "off-manifold share", ".3f"),
+                    ("nll_smoothed", "NLL @σ=0.05", ".2f"), ("sw2_ratio", "SW2/floor", ".2f"),
+                    ("den_err@0.05", "D err @0.05", ".3f"), ("mem_rate", "mem. rate", ".3f"),
+                    ("jac@0.05", "‖J‖_F @0.05", ".3f"), ("length", "path length", ".3f")]
+
+
+def summarize(runs: list[dict], variants) -> dict:
+    """Mean, std (over seeds, ddof 1) and n of every numeric metric, per variant."""
+    out = {}
+    for v in variants:
+        ms = [r["metrics"] for r in runs if r["variant"] == v]
+        keys = [k for k, x in ms[0].items() if isinstance(x, (int, float)) and not isinstance(x, bool)]
+        out[v] = {}
+        for k in keys:
+            t = torch.tensor([float(m[k]) for m in ms], dtype=torch.float64)
+            std = float(t.std()) if len(ms) > 1 else 0.0
+            out[v][k] = {"mean": float(t.mean()), "std": std, "n": len(ms)}
+    return out
+
+
+def _columns(results: dict):
+    ref = results["reference"]["true samples"]
+    return COLUMNS_MODES if "off_mode_mass" in ref else COLUMNS_SUBSPACE
+
+
+def _fmt(x, f):
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, f)
+
+
+def markdown_table(results: dict) -> str:
+    """The study as markdown: main table (mean ± std over seeds), references, attack, cost."""
+    cfg, summ = results["config"], results["summary"]
+    cols = _columns(results)
+    n = next(iter(summ.values()))[cols[0][0]]["n"]
+    corr = cfg["corruption"] + {"inlier": f" p={cfg['p']} s={cfg['s']}",
+                                "offplane": f" p={cfg['p']} s={cfg['s']}",
+                                "outlier": f" q={cfg['q']} ({cfg['outlier']})"}.get(cfg["corruption"], "")
+    at = next((a for v, a in results["at"].items() if v != "standard"), None)
+    lines = [f"**{cfg['dist']}{cfg['dist_kw'] or ''}**, training set: {cfg['n_train']} points, "
+             f"{corr}; {cfg['steps']} steps, batch {cfg['batch']}; {cfg['n_eval']} samples "
+             f"(Heun {cfg['sampler_steps']}); mean ± std over {n} seeds; measured against the "
+             "clean distribution.", ""]
+    if at:
+        lines += [f"AT: lambda={at['lam']}, budget r(sigma)=max({at['r_max']}·u^{at['exponent']}, "
+                  f"floor {at['r_min']} ({at['min_units']} units)), FGSM step {at['fgsm_step']}·r "
+                  f"on the {at['attack_target']}, detach_clean={at['detach_clean']}, "
+                  f"weighting={at['weighting']}.", ""]
+    lines += ["| model | " + " | ".join(h for _, h, _ in cols) + " |",
+              "|---" * (len(cols) + 1) + "|"]
+    for v, s in summ.items():
+        cells = [f"{_fmt(s[k]['mean'], f)} ± {_fmt(s[k]['std'], f)}" if k in s else "n/a"
+                 for k, _, f in cols]
+        lines.append(f"| {v} | " + " | ".join(cells) + " |")
+    for name, m in results["reference"].items():
+        lines.append(f"| *{name}* | " + " | ".join(_fmt(m.get(k), f) if k in m else "" for k, _, f in cols) + " |")
+    ref = results["reference"]["true samples"]
+    lines += ["", f"Memorization radius {ref.get('radius', float('nan')):.4f}; fresh true samples "
+              f"score a rate of {ref.get('mem_rate_fresh', float('nan')):.3f}. "
+              "D err: E‖D - D*‖² / E‖D* - x‖² against the clean exact denoiser."]
+    if any(r.get("attack") for r in results["runs"]):
+        key = "off_mode_mass" if "off_mode_mass" in ref else "residual_rms"
+        budgets = cfg["attack_budgets"]
+        lines += ["", f"Trajectory attack at step {cfg['attack_step']} of Heun-{cfg['sampler_steps']} "
+                  f"({cfg['attack_iter']} PGD steps, box in noise units): {key} (mean ± std)", "",
+                  "| model | " + " | ".join(f"budget {b:g}" for b in budgets) + " |",
+                  "|---" * (len(budgets) + 1) + "|"]
+        for v, s in summ.items():
+            cells = [f"{s[f'attack{b:g}_{key}']['mean']:.4f} ± {s[f'attack{b:g}_{key}']['std']:.4f}"
+                     for b in budgets]
+            lines.append(f"| {v} | " + " | ".join(cells) + " |")
+    lines += ["", "Cost per training example: passes of the network (relative: a backward pass counted "
+              "as 2 forwards), and ms per step measured interleaved on one thread.",
+              "", "| model | forward | backward | relative (counted) | ms/step | relative (measured) |",
+              "|---|---|---|---|---|---|"]
+    for v, c in results["cost"].items():
+        if v in summ:
+            lines.append(f"| {v} | {c['forward']} | {c['backward']} | {c['relative']:.2f} | "
+                         f"{c['ms_per_step']:.1f} | {c.get('measured_relative', float('nan')):.2f} |")
+    return "\n".join(lines)
+
+
+def _save(fig, path: Path):
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=90)
+    os.replace(tmp, path)
+
+
+def plot_study(results: dict, runs: list[dict], cfg: dict, out: Path) -> None:
+    """samples.png (training set, truth and each model of seed 0) and curves.png (Jacobian per
+    sigma, training loss, and the attack curve when there is one)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    dist, train, mask = training_set(cfg, 0)
+    panels = [("training set", project_2d(train[:2000], dist), mask[:2000]),
+              ("true samples", project_2d(dist.sample(2000, torch.Generator().manual_seed(7)), dist), None)]
+    panels += [(r["variant"], r["view"], None) for r in runs if r["seed"] == 0]
+    fig, ax = plt.subplots(1, len(panels), figsize=(3.1 * len(panels), 3.2), squeeze=False)
+    lim = None
+    labels = ("first coordinate on the manifold", "distance to the manifold")
+    for a, (name, x, m) in zip(ax[0], panels):
+        px, py = x[:, 0], x[:, 1]
+        col = None if m is None else ["tab:red" if b else "tab:blue" for b in m.tolist()]
+        a.scatter(px, py, s=1, alpha=0.4, c=col)
+        a.set_title(name, fontsize=9)
+        if dist.dim == 2:
+            a.set_aspect("equal")
+            lim = lim or (-3.5, 3.5)
+            a.set_xlim(*lim), a.set_ylim(*lim)
+        else:   # one scale for every panel: the 99.5% quantile of the distances shown
+            top = 1.1 * max(float(np.quantile(v[:, 1], 0.995)) for _, v, _ in panels)
+            a.set_ylim(0, top), a.set_xlim(-3.5, 3.5)
+            a.set_xlabel(labels[0], fontsize=7), a.set_ylabel(labels[1], fontsize=7)
+    fig.suptitle(f"{cfg.get('preset') or cfg['dist']}: samples of seed 0 (red: corrupted training points)",
+                 fontsize=9)
+    fig.tight_layout()
+    _save(fig, out / "samples.png")
+    plt.close(fig)
+
+    attack = any(r.get("attack") for r in runs)
+    fig, ax = plt.subplots(1, 3 if attack else 2, figsize=(13 if attack else 9, 3.6), squeeze=False)
+    variants = list(results["summary"])
+    for v in variants:
+        rs = [r for r in runs if r["variant"] == v]
+        sig = [row["sigma"] for row in rs[0]["jacobian"]]
+        jm = torch.tensor([[row["jac_fro"] for row in r["jacobian"]] for r in rs])
+        ax[0, 0].errorbar(sig, jm.mean(0), yerr=jm.std(0) if len(rs) > 1 else None, marker="o",
+                          label=v, capsize=2)
+        h = rs[0]["history"]
+        ax[0, 1].plot([s["step"] for s in h], [s["loss_dsm"] for s in h], label=v, lw=1)
+        if attack:
+            key = "off_mode_mass" if "off_mode_mass" in rs[0]["attack"][0] else "residual_rms"
+            b = [row["budget"] for row in rs[0]["attack"]]
+            am = torch.tensor([[row[key] for row in r["attack"]] for r in rs])
+            ax[0, 2].errorbar(b, am.mean(0), yerr=am.std(0) if len(rs) > 1 else None, marker="o",
+                              label=v, capsize=2)
+            ax[0, 2].set_xlabel("attack budget (noise units)"), ax[0, 2].set_ylabel(key)
+            ax[0, 2].set_title(f"trajectory attack at step {cfg['attack_step']}", fontsize=9)
+    ex = [row["jac_fro_exact"] for row in runs[0]["jacobian"]]
+    ax[0, 0].plot(sig, ex, "k--", label="exact (clean)")
+    ax[0, 0].set_xscale("log"), ax[0, 0].set_yscale("log")
+    ax[0, 0].set_xlabel("sigma"), ax[0, 0].set_ylabel("‖dD/dx‖_F")
+    ax[0, 0].set_title("flow smoothness", fontsize=9)
+    ax[0, 1].set_yscale("log"), ax[0, 1].set_xlabel("step"), ax[0, 1].set_ylabel("denoising loss")
+    ax[0, 1].set_title("training (seed 0)", fontsize=9)
+    for a in ax[0]:
+        a.legend(fontsize=7)
+    fig.tight_layout()
+    _save(fig, out / "curves.png")
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------- tuning record
+TUNED_CONFIG = ("steps", "batch", "width", "depth", "n_train")
+
+
+def compact(results: dict) -> dict:
+    """What a tuning record keeps of a study: configuration, AT settings, summary, timing."""
+    return {k: results[k] for k in ("meta", "config", "at", "summary") if k in results}
+
+
+def tuning_table(records: dict) -> str:
+    """One markdown row per recorded study (name -> :func:`compact` results): what differs from
+    the preset's defaults and from the default ATConfig, and the key measure of each arm."""
+    from ..diffusion.losses import ATConfig
+    default_at = ATConfig().as_dict()
+    arms = [a for a in ARMS if any(a in r["summary"] for r in records.values())]
+    lines = ["| run | preset | seeds | changed | measure | " + " | ".join(arms) + " |",
+             "|---" * (5 + len(arms)) + "|"]
+    for name, r in records.items():
+        cfg, preset = r["config"], r["config"].get("preset")
+        base = study_config(preset, cfg.get("size") == "quick")
+        changed = [f"{k}={cfg[k]}" for k in TUNED_CONFIG if cfg.get(k) != base.get(k)]
+        ats = [a for a in r["at"].values() if a["variant"] != "standard"]
+        if ats:
+            changed += [f"{k}={v}" for k, v in ats[0].items()
+                        if k != "variant" and v != default_at[k]]
+        key = "off_mode_mass" if "off_mode_mass" in next(iter(r["summary"].values())) else "residual_rms"
+        cells = []
+        for a in arms:
+            s = r["summary"].get(a, {}).get(key)
+            cells.append("" if s is None else f"{s['mean']:.3f}" + (f" ± {s['std']:.3f}" if s["n"] > 1 else ""))
+        lines.append(f"| {name} | {preset} | {r['meta']['seeds']} | {', '.join(changed) or 'defaults'} "
+                     f"| {key} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def record_tuning(run_dirs, out: str | Path) -> str:
+    """Copy the compact results of each study folder into `out`/<folder name>.json and write
+    `out`/README.md with :func:`tuning_table` over everything recorded there."""
+    import json
+    from ..common.checkpoint import atomic_write_text
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for d in map(Path, run_dirs):
+        r = json.loads((d / "results.json").read_text())
+        atomic_write_text(out / f"{d.name}.json", json.dumps(compact(r), indent=1, default=float))
+    records = {p.stem: json.loads(p.read_text()) for p in sorted(out.glob("*.json"))}
+    table = tuning_table(records)
+    atomic_write_text(out / "table.md", table + "\n")
+    return table
+
+
+# (preset, measure key, label, better) of the cross-preset summary
+KEY_MEASURES = [("clean-ring8", "spread_ratio", "spread (1 = true)", "1"),
+                ("clean-ring8", "off_mode_mass", "off-mode mass", "low"),
+                ("inlier-ring8", "off_mode_mass", "off-mode mass", "low"),
+                ("inlier-ring8", "nll_gap", "NLL - H", "low"),
+                ("outliers-ring8", "off_mode_mass", "off-mode mass", "low"),
+                ("plane3d-offplane", "residual_rms", "residual RMS", "low"),
+                ("subspace-inlier", "residual_rms", "residual RMS", "low"),
+                ("memorization", "mem_rate", "memorization rate", "low"),
+                ("trajectory-attack", "attack2_off_mode_mass", "off-mode mass, attack 2", "low")]
+REFERENCES = {"exact denoiser of the training distribution": "ideal: data distribution",
+              "exact denoiser of the training set": "ideal: training set",
+              "training set": "training set"}
+
+
+def summary_table(root: str | Path) -> str:
+    """The key measure of every preset under `root` (one study folder per preset), one row per
+    measure, mean ± std over seeds per arm, beside the ideal standard model and the data."""
+    import json
+    root = Path(root)
+    studies = {p: json.loads((root / p / "results.json").read_text())
+               for p in dict.fromkeys(k[0] for k in KEY_MEASURES) if (root / p / "results.json").is_file()}
+    arms = list(dict.fromkeys(a for r in studies.values() for a in r["summary"]))
+    refs = [n for n in REFERENCES if any(n in r["reference"] for r in studies.values())]
+    lines = ["| setting | measure | " + " | ".join(arms + [REFERENCES[n] for n in refs]) + " |",
+             "|---" * (2 + len(arms) + len(refs)) + "|"]
+    for preset, key, label, _ in KEY_MEASURES:
+        if preset not in studies:
+            continue
+        r = studies[preset]
+        cells = []
+        for a in arms:
+            m = r["summary"].get(a, {}).get(key)
+            cells.append("" if m is None else f"{m['mean']:.3f} ± {m['std']:.3f}")
+        for name in refs:
+            v = r["reference"].get(name, {}).get(key)
+            cells.append("" if v is None else f"{v:.3f}")
+        lines.append(f"| {preset} | {label} | " + " | ".join(cells) + " |")
+    n = {r["meta"]["seeds"] for r in studies.values()}
+    lines += ["", f"Mean ± std over {'/'.join(map(str, sorted(n)))} seeds, against the clean "
+              "distribution. *ideal*: exact denoisers sampled and measured like the models: of the "
+              "distribution the (corrupted) training set is drawn from (what standard training "
+              "converges to with unlimited data), and of the training set itself (the empirical "
+              "optimum, shown for the 32-point set). Full tables: `results/at_dm/<setting>/table.md`."]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    # python -m dmat_core.studies.at_dm_report summary results/at_dm
+    # python -m dmat_core.studies.at_dm_report tuning results/at_dm/tuning RUN_DIR...
+    import sys
+    from ..common.checkpoint import atomic_write_text
+    cmd, out, *dirs = sys.argv[1:]
+    if cmd == "summary":
+        table = summary_table(out)
+        atomic_write_text(Path(out) / "summary.md", table + "\n")
+        print(table)
+    elif cmd == "tuning":
+        print(record_tuning(dirs, out))
+    else:
+        raise SystemExit(f"unknown command {cmd!r}: use summary or tuning")

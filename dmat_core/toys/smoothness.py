@@ -1,0 +1,83 @@
+"""Flow measures that need the known distribution: the denoiser's Jacobian on noised samples of
+it, and memorization against fresh true samples.
+
+  :func:`jacobian_frobenius`  ||dD/dx||_F per sigma on x = x0 + sigma n, x0 ~ p, beside the exact
+                              denoiser's (:func:`~dmat_core.diffusion.flow.jacobian_sq_norm`);
+  :func:`memorization_rate`   the share of samples within a radius of a training point, beside the
+                              same share for fresh true samples (Briglia et al., memorization).
+
+Notebooks 03 and 04 plot them.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..diffusion.flow import jacobian_sq_norm
+from .mixtures import GaussianMixture
+
+Tensor = torch.Tensor
+
+
+def jacobian_frobenius(D, dist: GaussianMixture, sigmas, n: int = 512, method: str = "auto",
+                       n_probe: int = 8, seed: int = 0, dtype=torch.float32) -> list[dict]:
+    """||dD(x, sigma)/dx||_F on x = x0 + sigma n, x0 ~ dist, per sigma, beside the exact denoiser's.
+
+    method: `exact`, `hutchinson`, or `auto` (exact for d <= 16). Returns rows with `sigma`,
+    `jac_fro` (RMS over points of ||J||_F), `jac_fro_exact` (the same for dist.denoiser, always
+    computed exactly where d <= 16, else by Hutchinson) and `per_dim` (jac_fro / sqrt(d): 1 for
+    the identity, 0 for a constant).
+    """
+    if method not in ("auto", "exact", "hutchinson"):
+        raise ValueError(f"method must be 'auto', 'exact' or 'hutchinson', got {method!r}")
+    d = dist.dim
+    method = ("exact" if d <= 16 else "hutchinson") if method == "auto" else method
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for s in sigmas:
+        s = float(s)
+        if s <= 0:
+            raise ValueError(f"Jacobian needs sigma > 0, got {s}")
+        x0 = dist.sample(n, g)
+        x = x0 + s * torch.randn(x0.shape, dtype=x0.dtype, generator=g)
+        jm = jacobian_sq_norm(D, x.to(dtype), s, method, n_probe, g)
+        je = jacobian_sq_norm(dist.denoiser, x, s, method, n_probe, g)
+        rows.append({"sigma": s, "jac_fro": float(jm.mean().sqrt()),
+                     "jac_fro_exact": float(je.mean().sqrt()),
+                     "per_dim": float(jm.mean().sqrt() / math.sqrt(d))})
+    return rows
+
+
+# ----------------------------------------------------------------------- memorization
+def _nearest(a: Tensor, b: Tensor, chunk: int = 512) -> Tensor:
+    """Distance from each row of a to its nearest row of b, in chunks (bounded memory)."""
+    return torch.cat([torch.cdist(a[i:i + chunk], b).min(1).values for i in range(0, len(a), chunk)])
+
+
+def memorization_rate(samples: Tensor, train: Tensor, dist: GaussianMixture | None = None,
+                      radius: float | None = None, seed: int = 0) -> dict:
+    """Share of samples closer than `radius` to some training point (Euclidean), beside the same
+    share for as many fresh true samples of `dist` (what an honest generator scores).
+
+    Default radius: a third of the median distance from fresh true samples to their nearest
+    training point (needs `dist`). Returns `mem_rate`, `mem_rate_fresh`, `radius`, and
+    `nn_ratio` (median over samples of nearest-training distance over that of fresh samples; far
+    below 1 means copies).
+    """
+    samples = torch.as_tensor(samples).to(torch.float64)
+    train = torch.as_tensor(train).to(torch.float64)
+    nn_s = _nearest(samples, train)                                        # (n,)
+    out = {}
+    if dist is not None:
+        fresh = dist.sample(samples.shape[0], torch.Generator().manual_seed(30_000 + seed))
+        nn_f = _nearest(fresh, train)
+        radius = float(nn_f.median() / 3) if radius is None else float(radius)
+        out["mem_rate_fresh"] = float((nn_f < radius).double().mean())
+        out["nn_ratio"] = float(nn_s.median() / nn_f.median())
+    elif radius is None:
+        raise ValueError("give a radius, or the distribution to derive one")
+    if radius <= 0:
+        raise ValueError(f"radius must be > 0, got {radius}")
+    out.update(mem_rate=float((nn_s < radius).double().mean()), radius=radius)
+    return out
