@@ -38,7 +38,8 @@ from dmat_core.robust.train import ATTrainer  # noqa: E402
 from dmat_core.images.dm_config import make_dm_config  # noqa: E402
 from dmat_core.images.dm_train import DMTrainer  # noqa: E402
 
-# What the preset notes (at_config.PRESET_NOTES, dm_config.DM_PRESET_NOTES) promise, in seconds.
+# What the preset notes (dmat_core.robust.config.PRESET_NOTES,
+# dmat_core.images.dm_config.DM_PRESET_NOTES) promise, in seconds.
 CLAIMS = {
     ("train-at", "colab-small"): (3600.0, "about an hour on one Colab GPU"),
     ("train-dm", "colab-small"): (1200.0, "about 20 min on an L4 or A100 in bf16 (standard variant)"),
@@ -78,7 +79,7 @@ def _predict(job, preset, device, amp, timed_steps, n_real, n_generated, overrid
         cfg = make_config(preset, **common)
         real = random_images(n_real, 10, 0)
         gen = random_images(n_generated, 10, 1) if cfg.unsup_fraction > 0 else None
-        tr = ATTrainer(cfg, real=real, generated=gen, resume=False)
+        tr = ATTrainer(cfg, real=real, generated=gen, fresh=True)
         total = tr.total_steps
         extras = {"validation": (total // tr.val_every if tr.val_every else 0, tr.validate)}
         model = f"{cfg.arch}, {cfg.method} ({cfg.attack_steps} attack steps)"

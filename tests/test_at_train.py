@@ -106,14 +106,14 @@ def test_mixed_precision_and_channels_last_resume_bitwise(tiny, reference, amp):
     stopped after step 6 resumes to the uninterrupted run's state, scaler included, and autocast
     really ran: the weights differ from the fp32 reference's."""
     kw = dict(amp=amp, channels_last=True)
-    whole = ATTrainer(small_config(tiny, tiny / "runs" / f"{amp}-whole", **kw), resume=False)
+    whole = ATTrainer(small_config(tiny, tiny / "runs" / f"{amp}-whole", **kw), fresh=True)
     assert whole.amp_dtype == {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
     assert whole.scaler.is_enabled() == (amp == "fp16") and whole.channels_last
     assert all(p.is_contiguous(memory_format=torch.channels_last) for p in whole.model.parameters() if p.dim() == 4)
     for _ in whole.run():
         pass
     cfg = small_config(tiny, tiny / "runs" / f"{amp}-cut", **kw)
-    run = ATTrainer(cfg, resume=False).run()
+    run = ATTrainer(cfg, fresh=True).run()
     for state in run:
         if state["step"] == 6:
             break
@@ -216,9 +216,9 @@ def test_preset_without_generated_data_uses_the_real_epoch(tiny):
     mixed batches; an override of None puts any preset value back to the default."""
     kw = dict(data_dir=str(tiny / "cifar"), out_dir=str(tiny / "runs" / "epoch"), arch="small-cnn",
               arch_kw={"width": 4}, batch_size=32, n_val=40, amp="off", device="cpu", progress=False)
-    real = ATTrainer(make_config("colab-small", unsup_fraction=0.0, **kw), resume=False)
+    real = ATTrainer(make_config("colab-small", unsup_fraction=0.0, **kw), fresh=True)
     assert real.num_batches == math.ceil((200 - 40) / 32)
-    mixed = ATTrainer(make_config("colab-small", generated=str(tiny / "gen.npz"), **kw), resume=False)
+    mixed = ATTrainer(make_config("colab-small", generated=str(tiny / "gen.npz"), **kw), fresh=True)
     assert mixed.num_batches == math.ceil(200 / 32)              # the real set's size (CIFAR-10: 50000)
     assert make_config("colab-small", unsup_fraction=0.0, epoch_size=1000).epoch_size == 1000
     assert make_config("paper-wrn28-10", generated="g.npz", epoch_size=None).epoch_size is None
@@ -228,13 +228,13 @@ def test_preset_without_generated_data_uses_the_real_epoch(tiny):
 
 
 def test_device_comes_from_the_config(tiny, monkeypatch):
-    auto = ATTrainer(small_config(tiny, tiny / "runs" / "device", device="auto"), resume=False)
+    auto = ATTrainer(small_config(tiny, tiny / "runs" / "device", device="auto"), fresh=True)
     assert auto.device == (torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu"))
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
-            ATTrainer(small_config(tiny, tiny / "runs" / "device", device="cuda"), resume=False)
+            ATTrainer(small_config(tiny, tiny / "runs" / "device", device="cuda"), fresh=True)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)   # a GPU machine, the caller chose the CPU
-    cpu = ATTrainer(small_config(tiny, tiny / "runs" / "device", device="cpu", amp="auto"), resume=False)
+    cpu = ATTrainer(small_config(tiny, tiny / "runs" / "device", device="cpu", amp="auto"), fresh=True)
     assert cpu.device == torch.device("cpu") and cpu.amp_dtype is None and not cpu.channels_last
     assert next(cpu.model.parameters()).device.type == "cpu" and cpu.val_x.device.type == "cpu"
     for bad in ("gpu", "cuda:x", "cpu:0:1"):
@@ -317,7 +317,7 @@ def test_resume_with_another_architecture_is_refused(tiny, reference):
     cfg = small_config(tiny, reference.out_dir, arch_kw={"width": 16})
     with pytest.raises(ValueError, match="another architecture"):
         ATTrainer(cfg)
-    with pytest.raises(ValueError, match="lr: 0.05 in the checkpoint, 0.1 now"):
+    with pytest.raises(ValueError, match="lr: 0.05 there, 0.1 now"):
         ATTrainer(small_config(tiny, reference.out_dir, lr=0.1))
 
 
@@ -366,7 +366,7 @@ def test_fp16_attack_view_changes_no_step():
     """Under fp16 the attack sees the model through _AttackView (input gradients x 256, so they do
     not underflow): a power-of-two scale leaves every sign, hence every attack step, unchanged."""
     from dmat_core.robust.train import _AttackView
-    from dmat_core.robust.attacks import trades_inner
+    from dmat_core.robust.trades import trades_inner
     from dmat_core.robust.classifiers import SmallCNN
     torch.manual_seed(0)
     model, x = SmallCNN(width=4).train(), torch.rand(8, 3, 32, 32)
@@ -379,7 +379,7 @@ def test_fp16_attack_view_changes_no_step():
 
 def test_schedule_per_epoch_holds_within_an_epoch(tiny):
     trainer = ATTrainer(small_config(tiny, tiny / "runs" / "sched", schedule_unit="epoch", steps=40,
-                                        warmup_frac=0.5), resume=False)
+                                        warmup_frac=0.5), fresh=True)
     nb = trainer.num_batches
     lrs = [trainer.schedule(t)[0] for t in range(trainer.total_steps)]
     assert lrs[0] == lrs[nb - 1] != lrs[nb] and lrs[0] == pytest.approx(0.05 / 25)

@@ -13,6 +13,7 @@ import torch
 
 from dmat_core.cli import main as cli
 from dmat_core.common.checkpoint import load_checkpoint
+from dmat_core.common.training import RunMismatchError
 from dmat_core.images.cifar import write_tiny_cifar
 from dmat_core.images.dm_config import make_dm_config
 from dmat_core.diffusion.losses import VARIANTS, ATConfig, equivariance_loss, fgsm_perturbation
@@ -165,7 +166,7 @@ def test_interrupted_run_resumes_bitwise(tiny_dir, tmp_path):
     D, arch = load_image_denoiser(tmp_path / "cut" / "denoiser.pt")
     assert arch["dropout"] == 0.1 and all(torch.equal(v, a["ema"]["module"][k]) for k, v in D.state_dict().items())
     # an out_dir of another run is refused, naming the setting; --fresh starts over
-    with pytest.raises(FileExistsError, match=r"lam: 0.3 there, 0.5 now"):
+    with pytest.raises(RunMismatchError, match=r"lam: 0.3 there, 0.5 now"):
         DMTrainer(_cfg(tiny_dir, tmp_path / "cut", **kw, lam=0.5))
     fresh = DMTrainer(_cfg(tiny_dir, tmp_path / "cut", **kw, lam=0.5), fresh=True)
     assert fresh.step_count == 0 and not (tmp_path / "cut" / "samples").exists()
@@ -271,6 +272,6 @@ def test_out_dir_of_another_kind_is_refused(tiny_dir, tmp_path):
     from dmat_core.common.checkpoint import atomic_save
     atomic_save({"format": "dmat-at-train/1", "step": 3}, tmp_path / "checkpoint.pt")
     before = (tmp_path / "checkpoint.pt").read_bytes()
-    with pytest.raises(FileExistsError, match="not a dmat train-dm checkpoint"):
+    with pytest.raises(RunMismatchError, match="not a dmat train-dm checkpoint"):
         DMTrainer(_cfg(tiny_dir, tmp_path))
     assert (tmp_path / "checkpoint.pt").read_bytes() == before and not (tmp_path / "config.json").exists()

@@ -169,3 +169,26 @@ def test_no_import_cycles():
     assert not cycles, "import cycles:\n" + "\n".join(cycles)
     assert find_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a -> b -> c -> a"]
 
+
+
+def test_no_class_name_twice():
+    """One name, one class: a student who greps for a class finds one definition."""
+    seen, twice = {}, []
+    for p in sorted(PKG.rglob("*.py")):
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, ast.ClassDef) and not node.name.startswith("_"):
+                if node.name in seen:
+                    twice.append(f"{node.name}: {seen[node.name]} and {p.relative_to(ROOT)}")
+                seen.setdefault(node.name, p.relative_to(ROOT))
+    assert not twice, "classes defined twice:\n" + "\n".join(twice)
+
+
+def test_long_modules_say_why():
+    """A module of more than about 300 lines says at its top (docstring, or a comment right after it
+    where the docstring is a command's --help text) why it is one module."""
+    long = []
+    for p in sorted(PKG.rglob("*.py")):
+        text = p.read_text()
+        if len(text.splitlines()) > 310 and "Size:" not in "\n".join(text.splitlines()[:60]):
+            long.append(f"{p.relative_to(ROOT)} ({len(text.splitlines())} lines)")
+    assert not long, "modules over 300 lines without a 'Size:' reason at their top:\n" + "\n".join(long)

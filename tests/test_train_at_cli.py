@@ -117,3 +117,21 @@ def test_evaluate_checks_the_input_contract():
     with pytest.raises(ValueError, match=r"y must lie in \[0, 3\)"):
         evaluate(model, x, torch.tensor([0, 1, 2, 3]), attacks=["clean"])
     assert evaluate(model, x, y, attacks=["clean"])["clean"]["accuracy"] in (0, 0.25, 0.5, 0.75, 1.0)
+
+
+def test_other_settings_are_refused_and_fresh_starts_over(tmp_path, capsys):
+    """One meaning of start over: a folder of another run is refused in one line (exit 2, nothing
+    written), and --fresh removes that run and trains from step 0."""
+    data.write_tiny_cifar(tmp_path / "cifar", n_train_per_batch=40, n_test=40, seed=0)
+    args = train_args(tmp_path)
+    args[args.index("--steps") + 1] = "2"
+    assert main(args) == 0
+    before = {f.name: f.read_bytes() for f in (tmp_path / "run").iterdir()}
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main(args + ["--lr", "0.07"])
+    assert e.value.code == 2 and "lr: 0.05 there, 0.07 now" in capsys.readouterr().err
+    assert {f.name: f.read_bytes() for f in (tmp_path / "run").iterdir()} == before
+    code, printed = run_cli(args + ["--lr", "0.07", "--fresh"], capsys)
+    assert code == 0 and printed["steps"] == 2
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["lr"] == 0.07

@@ -7,7 +7,7 @@ r"""`dmat generate`, `dmat gen-filter`, `dmat gen-quality`: generated training d
     dmat gen-quality gen/c10.npz --classifier runs/wrn/best.pt --reference data/ --out quality.json
 
 `generate` is the paper's recipe by default (class-conditional EDM model, deterministic Heun, 20
-steps; SCIENCE.md section 4), written as `.npz` shards plus `manifest.json`; started again with the
+steps; docs/science.md section 4), written as `.npz` shards plus `manifest.json`; started again with the
 same arguments it makes only the missing shards. `gen-filter` keeps the top fraction per class by a
 classifier's probability of the conditioning class; `gen-quality` reports that classifier's
 accuracy and confidence on the set, its class balance, and FID against a reference set when

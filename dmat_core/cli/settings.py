@@ -45,7 +45,9 @@ def add_settings_args(p: argparse.ArgumentParser, presets: Mapping, config_class
 
 
 def add_run_args(p: argparse.ArgumentParser, amp_choices, amp_help: str) -> None:
-    """The arguments of every long job: seed, precision, device, progress bar."""
+    """The arguments of every long job: seed, precision, device, progress bar, starting over."""
+    p.add_argument("--fresh", action="store_true", help="start over: remove the run found in --out (without it, "
+                   "a run of the same settings resumes and one of other settings is refused)")
     p.add_argument("--seed", type=int)
     p.add_argument("--amp", choices=list(amp_choices), help=f"autocast precision ({amp_help})")
     p.add_argument("--device", help="auto (default: cuda:LOCAL_RANK if available, else cpu), cpu, cuda, cuda:1")

@@ -39,7 +39,7 @@ def _train_main(a: argparse.Namespace) -> int:
         method=a.method, epochs=a.epochs, steps=a.steps, batch_size=a.batch_size, lr=a.lr, beta=a.beta,
         eps=parse_eps(a.eps) if a.eps is not None else None, unsup_fraction=a.unsup_fraction,
         checkpoint_every=a.checkpoint_every, val_every=a.val_every, n_val=a.n_val)
-    print_result(train_at(cfg, reuse=True))
+    print_result(train_at(cfg, reuse=True, fresh=a.fresh))
     return 0
 
 

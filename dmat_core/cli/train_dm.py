@@ -35,7 +35,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = training_parser(sub, "train-dm", "train an image diffusion model (EDM), optionally with AT for DMs",
                         __doc__, DM_PRESETS, DM_PRESET_NOTES, "TrainDMConfig", "unet='{\"dropout\": 0.2}'")
     p.add_argument("--out", help="output folder (checkpoint, log, samples); resumes if it holds a checkpoint")
-    p.add_argument("--fresh", action="store_true", help="start over: remove the run found in --out")
     p.add_argument("--data-dir", help="CIFAR folder or archive (default $DMAT_DATA, else ./data)")
     p.add_argument("--dataset", choices=["cifar10", "cifar100"])
     p.add_argument("--size", choices=list(UNET_SIZES), help="U-Net size")

@@ -3,5 +3,6 @@
 ``checkpoint`` (atomic writes, ``weights_only`` loading, RNG state), ``safe_pickle`` (an
 unpickler of plain data only), ``download`` (atomic, checksummed), ``settings`` (the device
 flag, budgets such as ``8/255``, a preset under a JSON file), ``train_utils`` (EMA, schedules,
-DDP helpers, CSV logs), ``notebook`` (quick mode, device, paths). Imports nothing of dmat_core.
+DDP helpers, CSV logs), ``training`` (the training skeleton every trainer runs: loop,
+checkpoint cadence, resume or start over, autocast, non-finite checks), ``notebook`` (quick mode, device, paths). Imports nothing of dmat_core.
 """

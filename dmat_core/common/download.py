@@ -3,7 +3,7 @@
     path = download(PUBLISHED["cifar10_linf_wrn28-10"], "data/cifar10_linf_wrn28-10.pt")
     wrn, info = load_trained_classifier(path, "wrn-28-10")
 
-The published checkpoint and the 1M generated set of Wang et al. (ICML 2023; SCIENCE.md
+The published checkpoint and the 1M generated set of Wang et al. (ICML 2023; docs/science.md
 section 4) live on the Hugging Face hub. :func:`download` streams a URL into a temporary file
 beside the destination and renames it only once every byte arrived (the length the server
 announced, and `size` / `sha256` when given): a kill or a dropped connection leaves the

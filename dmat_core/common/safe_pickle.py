@@ -1,4 +1,4 @@
-"""Load pickles that may only contain plain data (the CIFAR python format, SCIENCE.md section 6).
+"""Load pickles that may only contain plain data (the CIFAR python format, docs/science.md section 6).
 
 A pickle is a small program: unpickling it may call any importable function
 (``os.system`` included). The CIFAR batches are pickles, and a file found on the internet

@@ -3,11 +3,8 @@ preset layered under a JSON file of overrides."""
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any, Dict, Optional
-
-import torch
 
 
 def check_device(spec) -> str:

@@ -1,6 +1,6 @@
 """Diffusion in EDM notation (Karras et al. 2022), and the DDPM schedule mapped into it.
 
-One convention everywhere (SCIENCE.md section 2):
+One convention everywhere (docs/science.md section 2):
 
     x = x0 + sigma * n,  n ~ N(0, I);   D(x, sigma, labels=None) ~ E[x0 | x]
     score(x, sigma) = (D(x, sigma) - x) / sigma^2          (Tweedie)

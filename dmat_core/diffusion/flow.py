@@ -8,12 +8,10 @@
                               box that maximises the denoiser's deviation, then sampling finishes.
 
 All take a denoiser `D(x, sigma, labels=None)`, exact or learned, on toy points or images; the
-measures that need a known distribution are in :mod:`dmat_core.toys.smoothness`. Notebooks 03
-and 04 plot them, 08 attacks an image sampler with them.
+measures that need a known distribution are in :mod:`dmat_core.toys.smoothness`. Notebook 04
+plots them and notebook 08 attacks an image sampler with them.
 """
 from __future__ import annotations
-
-import math
 
 import torch
 
@@ -169,5 +167,4 @@ def trajectory_attack(D, latents: Tensor, steps: int = 18, attack_step: int = 12
     return x
 
 
-__all__ = ["jacobian_sq_norm", "jacobian_frobenius", "trajectory_stats", "memorization_rate", "deviation",
-           "denoiser_deviation_attack", "trajectory_attack"]
+__all__ = ["jacobian_sq_norm", "trajectory_stats", "deviation", "denoiser_deviation_attack", "trajectory_attack"]

@@ -1,5 +1,5 @@
 """Training losses of a diffusion denoiser: the denoising loss and adversarial training (AT)
-with the equivariance target of Briglia et al. (arXiv 2505.21742, SCIENCE.md section 3).
+with the equivariance target of Briglia et al. (arXiv 2505.21742, docs/science.md section 3).
 
 Everything is in EDM coordinates (`x = x0 + sigma n`) with the noise prediction of a denoiser
 `eps_th(x) = (x - D(x, sigma)) / sigma`. A perturbation in *noise units* `w` moves the input to
@@ -19,7 +19,7 @@ Variants of `w` (the box is `[-r(sigma), r(sigma)]` per coordinate, :func:`at_bu
                  `||eps_th(x + sigma w) - eps_th(x)||^2`, projected back into the box;
   `invariance`   the adversarial `w` with the invariance target (watch it fail).
 Both terms carry the same per-sigma weight (`edm` or `eps`, :func:`eps_weight`) and are means
-over coordinates, so lambda means the same in 2 and 3072 dimensions. Notebook 05 teaches it.
+over coordinates, so lambda means the same in 2 and 3072 dimensions. Notebooks 02-04 teach it.
 """
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def eps_weight(sigma: Tensor, sigma_data: float, weighting: str = "edm") -> Tens
 
 def at_budget(sigma, sigma_data: float, r_max: float = 1.0, exponent: float = 2.0,
               r_min: float = 0.125, min_units: str = "data") -> Tensor:
-    """Half-width r(sigma) of the AT box for `w`, in noise units (SCIENCE.md section 3).
+    """Half-width r(sigma) of the AT box for `w`, in noise units (docs/science.md section 3).
 
         r(sigma) = max(r_max * u^exponent, floor),   u = sigma / sqrt(sigma^2 + sd^2),
 
@@ -82,7 +82,7 @@ def at_budget(sigma, sigma_data: float, r_max: float = 1.0, exponent: float = 2.
 
 @dataclass
 class ATConfig:
-    """Every knob of AT for diffusion models; defaults as SCIENCE.md section 3 (? = reconstructed).
+    """Every knob of AT for diffusion models; defaults as docs/science.md section 3 (? = reconstructed).
 
     Args:
         variant: 'standard' (no AT term), 'random', 'adversarial' or 'invariance'.

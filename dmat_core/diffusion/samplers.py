@@ -7,7 +7,7 @@ at every noise level, starting with the initial noise and ending with the sample
 
 gives the whole trajectory and `run(...)` only the end point. All states are in EDM
 coordinates (`x = x0 + sigma n`); DDPM and DDIM convert from and to `x_t = sqrt(abar) x`
-inside (SCIENCE.md section 2). `latents` is standard normal noise of the output's shape.
+inside (docs/science.md section 2). `latents` is standard normal noise of the output's shape.
 """
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""CIFAR-10 / CIFAR-100 in the python format, read directly (SCIENCE.md sections 4 and 6).
+"""CIFAR-10 / CIFAR-100 in the python format, read directly (docs/science.md sections 4 and 6).
+
+Size: one module of about 320 lines on purpose: one file format: its reader, its validation and the
+writer of the tiny archives the tests use.
 
 ``torchvision.datasets.CIFAR10`` checks the MD5 of every file, so the small archives the
 tests and the quick mode make could not pass through it; this reader takes the format as it
@@ -211,7 +214,7 @@ def _download(root: Path, name: str) -> None:
 
 
 def split_validation(images: np.ndarray, labels: np.ndarray, n_val: int = 1024):
-    """Hold out the first ``n_val`` training images for validation (SCIENCE.md section 4).
+    """Hold out the first ``n_val`` training images for validation (docs/science.md section 4).
 
     Returns:
         ``(train_images, train_labels), (val_images, val_labels)`` (views, no copy).

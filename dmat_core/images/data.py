@@ -1,4 +1,4 @@
-"""Data for adversarial training with generated images (SCIENCE.md section 4).
+"""Data for adversarial training with generated images (docs/science.md section 4).
 
 One import for everything a trainer or a notebook needs:
 
@@ -34,7 +34,7 @@ _REAL, _GENERATED = 0, 1  # random streams of the sampler
 
 
 class MixedBatchSampler(torch.utils.data.Sampler):
-    """Index batches mixing real and generated data (Wang et al. 2023, SCIENCE.md section 4).
+    """Index batches mixing real and generated data (Wang et al. 2023, docs/science.md section 4).
 
     Indices refer to ``ConcatDataset([real, generated])``: ``i < n_real`` is real image ``i``,
     ``i >= n_real`` is generated image ``i - n_real``. Each global batch is
@@ -205,7 +205,7 @@ def augment_crop_flip(x: torch.Tensor, generator: Optional[torch.Generator] = No
     """Random crop with ``padding`` (zeros by default) and random horizontal flip, batched.
 
     The paper's augmentation (``RandomCrop(32, padding=4)`` + ``RandomHorizontalFlip()``,
-    SCIENCE.md section 4) without a per-image loop: one gather over the padded batch.
+    docs/science.md section 4) without a per-image loop: one gather over the padded batch.
     Random numbers are drawn on the generator's device, in this order: vertical offsets
     (B,), horizontal offsets (B,) in ``[0, 2 * padding]``, then flips ``rand(B) < 0.5``.
 

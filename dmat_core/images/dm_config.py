@@ -4,7 +4,7 @@ Units: images are in [-1, 1] inside the model (sigma_data = 0.5). The two settin
 *image units* ([0, 1] pixels, as the papers state them) are converted once here:
   `noise_std` s: the corruption of a fraction `noise_p` of the training images (Briglia et al.:
       p = 0.9, s in {0.1, 0.2}) is Gaussian noise of std 2 s in model units;
-  `at_floor`: the smallest AT perturbation (8/255, SCIENCE.md section 3) is 2 * 8/255 = 16/255
+  `at_floor`: the smallest AT perturbation (8/255, docs/science.md section 3) is 2 * 8/255 = 16/255
       in model units, i.e. r_min = 2 at_floor / sigma_data = 32/255 = 0.1255 of sigma_data in the
       data-unit floor of :func:`~dmat_core.diffusion.losses.at_budget` (the toy default 0.125 rounds it).
 A preset overrides a few fields; a JSON config file or command-line flags override a preset.
@@ -40,7 +40,7 @@ class TrainDMConfig:
     size: str = "small"                     # U-Net size (dmat_core.images.unet.UNET_SIZES)
     unet: Dict[str, Any] = field(default_factory=dict)   # overrides of the size's settings
     conditional: bool = True                # class-conditional (labels from the archive)
-    # -- loss: EDM denoising + lambda * AT for DMs (dm_losses.at_dm_loss)
+    # -- loss: EDM denoising + lambda * AT for DMs (dmat_core.diffusion.losses.at_dm_loss)
     at_variant: str = "standard"            # standard / random / adversarial / invariance
     lam: float = 0.3                        # weight of the AT term (paper: 0.3)
     at_floor: float = 8 / 255               # smallest perturbation, [0, 1] image units
@@ -173,7 +173,7 @@ DM_PRESET_NOTES = {
                    "and runs fp32, several times slower: lower --steps there. Compare on noisy data with "
                    "--noise-p 0.9 --noise-std 0.2 and --at-variant standard vs adversarial.",
     "paper": "large U-Net (57.6M, EDM's DDPM++ widths), EDM's CIFAR-10 recipe (batch 512, lr 1e-3, "
-             "about 200M images) with AT for DMs as SCIENCE.md section 3: adversarial, lambda 0.3, budget "
+             "about 200M images) with AT for DMs as docs/science.md section 3: adversarial, lambda 0.3, budget "
              "exponent 2, floor 8/255, on 90% of the images noised with std 0.2. Days of GPU time.",
     "cpu-quick": "tiny U-Net (50k parameters), 60 steps of batch 16 on the tiny synthetic archive "
                  "(written under data_dir when absent), sample grids with 4 Heun steps: seconds on a CPU.",

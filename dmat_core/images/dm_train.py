@@ -7,7 +7,7 @@
 
 Or ``train_dm(config) -> result`` (what ``dmat train-dm`` runs, also under ``torchrun``).
 
-One step: the global batch of the (once-corrupted, SCIENCE.md section 3) training images, flipped
+One step: the global batch of the (once-corrupted, docs/science.md section 3) training images, flipped
 at random, with sigma (ln sigma ~ N(P_mean, P_std^2)) and noise drawn for the whole global batch;
 each DDP rank takes its slice and minimises the EDM denoising loss + lambda * the AT term
 (:func:`~dmat_core.diffusion.losses.at_dm_loss`, the labels passed to D) with Adam (linear warm-up, then
@@ -27,17 +27,14 @@ row every ``log_every`` steps and is cut back to the checkpoint's step on resume
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import shutil
 import time
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from ..diffusion import samplers
@@ -48,7 +45,8 @@ from ..common.settings import resolve_device
 from .dm_config import TrainDMConfig, make_dm_config
 from ..diffusion.losses import at_dm_loss
 from .pixels import corrupt_images, image_grid, image_to_model, model_to_image, save_png
-from ..common.train_utils import EMA, CSVLog, all_reduce_sum, derived_seed, dist_info, process_group, unwrap
+from ..common.train_utils import EMA, CSVLog, derived_seed, dist_info, process_group, unwrap
+from ..common.training import NonFiniteLossError, Trainer, check_resumable, prepare_out_dir
 from .unet import DM_CHECKPOINT_FORMAT, build_image_denoiser, denoiser_arch, save_image_denoiser
 
 __all__ = ["DMTrainer", "train_dm", "image_dm_loss", "NonFiniteLossError"]
@@ -60,10 +58,6 @@ _RESUMABLE = {"out_dir", "data_dir", "progress", "log_every", "checkpoint_every"
 LOG_FIELDS = ["step", "epoch", "lr", "loss", "loss_dsm", "loss_at", "r_mean", "grad_norm"]
 
 
-class NonFiniteLossError(ValueError):
-    """The training loss became NaN or infinite."""
-
-
 def image_dm_loss(D, x0: torch.Tensor, labels, config, sigma, noise, generator=None, sigma_data: float = 0.5):
     """EDM denoising loss + lambda * AT for DMs (:func:`~dmat_core.diffusion.losses.at_dm_loss`) on images
     x0 (B, C, H, W), the class labels (B,) passed to every call of D(x, sigma, labels)."""
@@ -71,14 +65,17 @@ def image_dm_loss(D, x0: torch.Tensor, labels, config, sigma, noise, generator=N
                       generator=generator)
 
 
-class DMTrainer:
+class DMTrainer(Trainer):
     """EDM (+ AT) training driven step by step (:meth:`step`) or as a generator (:meth:`run`).
 
     Args:
         config: a :class:`~dmat_core.images.dm_config.TrainDMConfig` (or a dict of its fields).
         data: optional ``(images, labels)`` uint8 (N, H, W, 3) / int (N,) instead of CIFAR files.
-        fresh: ignore (and remove) the files of an earlier run in ``out_dir`` instead of resuming.
+        fresh: remove the files of an earlier run in ``out_dir`` and start over; without it a
+            run with the same settings resumes and one with other settings is refused.
     """
+
+    RUN_FILES = ("checkpoint.pt", "denoiser.pt", "log.csv", "result.json")
 
     def __init__(self, config, *, data=None, fresh: bool = False):
         cfg = config if isinstance(config, TrainDMConfig) else TrainDMConfig.from_dict(config)
@@ -125,18 +122,13 @@ class DMTrainer:
         if self.world_size > 1:
             self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=[self.device.index] if cuda else None)
         self.step_count, self.train_seconds = 0, 0.0
+        self.total_steps, self.checkpoint_every, self.log_every = cfg.steps, cfg.checkpoint_every, cfg.log_every
+        self.progress, self.desc = cfg.progress and self.rank == 0, f"train-dm {cfg.size} {cfg.at_variant}"
         self.log = CSVLog(self.out_dir / "log.csv", LOG_FIELDS)
         ck_path = self.out_dir / "checkpoint.pt"
-        if self.rank == 0 and self.out_dir.is_dir():
-            for stale in self.out_dir.glob(".*.tmp"):  # temporary files of writes a kill interrupted
-                stale.unlink(missing_ok=True)
-            if fresh:
-                for name in ("checkpoint.pt", "denoiser.pt", "log.csv", "result.json"):
-                    (self.out_dir / name).unlink(missing_ok=True)
-                shutil.rmtree(self.out_dir / "samples", ignore_errors=True)
-        if self.world_size > 1 and dist.is_initialized():
-            dist.barrier()                 # rank 0 has removed an old run before anyone reads it
-        if not fresh and ck_path.is_file():
+        prepare_out_dir(self.out_dir, fresh=fresh, run_files=self.RUN_FILES, run_dirs=("samples",),
+                        rank=self.rank, world_size=self.world_size)
+        if ck_path.is_file():
             self.load_state_dict(load_checkpoint(ck_path))
         self._start_step = self.step_count
         if self.rank == 0:
@@ -153,11 +145,6 @@ class DMTrainer:
                                  f"{images.shape} and {labels.shape}")
             return images, labels
         return load_training_set(self.cfg.data_dir, self.cfg.dataset, self.cfg.make_tiny_data)
-
-    def _autocast(self):
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     # ------------------------------------------------------------------ one step
     def lr(self, t: int) -> float:
@@ -197,16 +184,10 @@ class DMTrainer:
         torch.manual_seed(derived_seed(cfg.seed, _DROPOUT, self.rank, t))     # dropout of this step
         g_at = torch.Generator(self.device).manual_seed(derived_seed(cfg.seed, _AT, self.rank, t))
         self.model.train()
-        with self._autocast():
+        with self.autocast():
             loss, parts = image_dm_loss(self.net, x0, labels, self.at, sigma, noise, g_at, cfg.sigma_data)
-        keys = sorted(parts)
-        values = torch.stack([parts[k].float().to(self.device) for k in keys]).tolist()  # one sync
-        metrics = dict(zip(keys, [v / self.world_size for v in all_reduce_sum(values, self.device)]))
-        if not math.isfinite(metrics["loss"]):
-            raise NonFiniteLossError(
-                f"the training loss is {metrics['loss']} at step {t + 1} (lr {lr:.3g}); nothing was written "
-                f"for this step. The last checkpoint ({self.out_dir / 'checkpoint.pt'}) holds the last good "
-                "state: lower the learning rate or use amp='off'.")
+        metrics = self.reduce(parts)
+        self.check_finite(metrics, lr, "Lower the learning rate or use amp='off'.", self.out_dir / "checkpoint.pt")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         clip = cfg.grad_clip or math.inf
@@ -227,7 +208,7 @@ class DMTrainer:
         gen = torch.Generator().manual_seed(derived_seed(cfg.seed, _SAMPLES))
         latents = samplers.latent_noise(rows * cols, self.x.shape[1:], generator=gen).to(self.device)
         labels = torch.arange(rows, device=self.device).repeat_interleave(cols) if cfg.conditional else None
-        with self._autocast():
+        with self.autocast():
             x = samplers.run(self.ema.module, latents, "heun", steps or cfg.sample_steps, labels=labels)
         return model_to_image(x.float()).reshape(rows, cols, *self.x.shape[2:], self.x.shape[1])
 
@@ -254,15 +235,9 @@ class DMTrainer:
     def load_state_dict(self, ck: dict) -> None:
         """Continue from a checkpoint of :meth:`state_dict`; the settings must match (see _RESUMABLE)."""
         where = self.out_dir / "checkpoint.pt"
-        if not isinstance(ck, dict) or ck.get("format") != DM_CHECKPOINT_FORMAT or ck.get("kind") != "train-state":
-            raise FileExistsError(f"{where} is not a dmat train-dm checkpoint: use another --out, or --fresh "
-                                  "to replace it")
-        saved, now = ck["config"], self.cfg.to_dict()
-        diff = [k for k in now if k not in _RESUMABLE and saved.get(k) != now[k]]
-        if diff:
-            raise FileExistsError(f"{where} belongs to a run with other settings: " + "; ".join(
-                f"{k}: {saved.get(k)!r} there, {now[k]!r} now" for k in diff)
-                + ". Resume with the same settings, use another --out, or pass --fresh to start over.")
+        check_resumable(ck, where, format=DM_CHECKPOINT_FORMAT, kind="train-state", what="train-dm",
+                        saved=ck.get("config", {}) if isinstance(ck, dict) else {}, now=self.cfg.to_dict(),
+                        may_change=_RESUMABLE)
         data = ck["data"]
         if data["n"] != len(self.x) or not math.isclose(data["checksum"], self.checksum, rel_tol=1e-9):
             raise ValueError(f"{where}: the training data differ from the checkpoint's ({data['n']} images then, "
@@ -279,26 +254,16 @@ class DMTrainer:
             atomic_save(self.state_dict(), self.out_dir / "checkpoint.pt")
             self.save_samples()
 
-    # ------------------------------------------------------------------ the loop
-    def run(self) -> Iterator[dict]:
-        """Train to ``steps``, yielding each step's metrics; checkpoint + samples every ``checkpoint_every``."""
-        from tqdm.auto import tqdm
-        cfg = self.cfg
-        bar = tqdm(total=cfg.steps, initial=self.step_count, desc=f"train-dm {cfg.size} {cfg.at_variant}",
-                   disable=not (cfg.progress and self.rank == 0), dynamic_ncols=True)
-        try:
-            while self.step_count < cfg.steps:
-                state = self.step()
-                t = self.step_count
-                if self.rank == 0 and (t % cfg.log_every == 0 or t == cfg.steps):
-                    self.log.append(state)
-                if t % cfg.checkpoint_every == 0 or t == cfg.steps:
-                    self.save()
-                bar.update(1)
-                bar.set_postfix(loss=f"{state['loss']:.3f}", at=f"{state['loss_at']:.3f}")
-                yield state
-        finally:
-            bar.close()
+    # ------------------------------------------------------------------ the loop (Trainer.run)
+    def write_log(self, state: dict) -> None:
+        if self.rank == 0:
+            self.log.append(state)
+
+    def postfix(self, state: dict) -> dict:
+        return {"loss": f"{state['loss']:.3f}", "at": f"{state['loss_at']:.3f}"}
+
+    def finish(self) -> None:
+        """The weights file and the result, after the last step."""
         if self.rank == 0:
             save_image_denoiser(self.out_dir / "denoiser.pt", unwrap(self.model), self.ema.module,
                                 config=self.cfg.to_dict(), step=self.step_count)

@@ -1,4 +1,4 @@
-"""Generated training data in the paper's ``.npz`` format (SCIENCE.md section 4).
+"""Generated training data in the paper's ``.npz`` format (docs/science.md section 4).
 
 A generated set is an ``.npz`` with ``image``: uint8 (N, 32, 32, 3), NHWC, RGB, and
 ``label``: integer (N,), the class each image was conditioned on. The published sets hold

@@ -1,4 +1,7 @@
-"""Class-conditional generation into `.npz` shards (Wang et al., ICML 2023; SCIENCE.md section 4).
+"""Class-conditional generation into `.npz` shards (Wang et al., ICML 2023; docs/science.md section 4).
+
+Size: one module of about 330 lines on purpose: shards, manifest, resume and merge form one file
+protocol; split, each part would need the others.
 
     summary = generate("runs/dm/checkpoint.pt", "gen/heun20", n=50_000, shard_size=10_000)
     for shard in generate_shards(D, "gen/quick", n=100, shard_size=20, steps=3):  # one per shard

@@ -1,11 +1,12 @@
 """Images between the two scales dmat uses, and sample grids.
 
-- the paper's files and CIFAR: uint8 (N, H, W, 3), NHWC, RGB, values 0..255 (SCIENCE.md 4, 6);
-- a diffusion model: float (N, 3, H, W), NCHW, in [-1, 1], sigma_data = 0.5 (SCIENCE.md 2).
+- the paper's files and CIFAR: uint8 (N, H, W, 3), NHWC, RGB, values 0..255
+  (docs/science.md sections 4 and 6);
+- a diffusion model: float (N, 3, H, W), NCHW, in [-1, 1], sigma_data = 0.5 (docs/science.md section 2).
 
 A noise of std s in [0, 1] image units is a noise of std 2 s in model units; the AT floor of
-8/255 of [0, 1] is 16/255 of [-1, 1] = 0.1255 sigma_data (``dm_losses.at_budget``).
-:func:`corrupt_images` makes the noisy training sets of Briglia et al. (SCIENCE.md section 3).
+8/255 of [0, 1] is 16/255 of [-1, 1] = 0.1255 sigma_data (``dmat_core.diffusion.losses.at_budget``).
+:func:`corrupt_images` makes the noisy training sets of Briglia et al. (docs/science.md section 3).
 """
 from __future__ import annotations
 

@@ -5,7 +5,7 @@
     keep, info = top_fraction_per_class(probs[np.arange(N), labels], labels, 0.2)
     fid = fid_score(images, reference_images)                   # torch-fidelity, or "FID skipped"
 
-Filtering is the paper's (Wang et al. 2023, SCIENCE.md section 4): each generated image is scored
+Filtering is the paper's (Wang et al. 2023, docs/science.md section 4): each generated image is scored
 by a standard classifier's softmax probability of the class it was conditioned on, and the top 20%
 per class are kept. FID (Heusel et al. 2017) comes from `torch-fidelity` (the `fid` extra), whose
 Inception weights are fetched once into torch's hub cache; where they are neither cached nor

@@ -1,5 +1,5 @@
 """Attacks on the sampling trajectory of image diffusion models (Briglia et al., attacks on the
-trajectory; SCIENCE.md section 3), per image.
+trajectory; docs/science.md section 3), per image.
 
     r = trajectory_attack_report(D, latents, labels, steps=18, attack_step=12, budget=0.5)
     r["deviation"]            # (B,) ||D(x_k + delta, sigma_k, y) - D(x_k, sigma_k, y)||_2

@@ -6,7 +6,7 @@
 
     D(x, sigma, labels) = c_skip x + c_out F(c_in x, c_noise, labels),   c_noise = ln(sigma)/4
 
-(Karras et al. 2022, Table 1; SCIENCE.md section 2). F follows DDPM++ / ADM (Song et al. 2021,
+(Karras et al. 2022, Table 1; docs/science.md section 2). F follows DDPM++ / ADM (Song et al. 2021,
 Dhariwal & Nichol 2021), small and readable: a conv stem; per resolution level `num_blocks`
 residual blocks (GroupNorm, SiLU, dropout, scale/shift from an embedding of c_noise plus a
 learned class embedding) with self-attention at `attn_resolutions`; a stride-2 conv down, a

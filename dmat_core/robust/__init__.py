@@ -1,6 +1,9 @@
 """Layer 4 -- robust classifiers: attacks, adversarial training on real + generated data, evaluation.
 
-``attacks`` (FGSM, PGD), ``losses`` (TRADES and PGD-AT: Zhang et al., Madry et al.),
+``threat`` (the input contract, budget checks, the ball and the box, ``attack_mode``),
+``attacks`` (FGSM; PGD: the bare loop ``pgd_steps`` and ``pgd`` with restarts and keep-best),
+``trades`` (TRADES, Zhang et al.: inner maximisation and outer loss) and ``pgd_at`` (PGD-AT,
+Madry et al.), each with a one-call ``trades`` / ``pgd_at`` returning ``(loss, parts)``,
 ``classifiers`` (WRN with the published checkpoint's names, PreActResNet-18, small nets),
 ``autoattack`` (AutoAttack through ``pyautoattack``), ``config``, ``train`` and ``evaluate``
 (the recipe of Wang et al.: TRADES + EMA on CIFAR-10 with generated data, resumable, torchrun),

@@ -1,201 +1,24 @@
-"""Adversarial attacks on classifiers: FGSM, PGD and the TRADES inner maximisation.
+"""Adversarial attacks on classifiers: FGSM and PGD (the TRADES inner maximisation is in ``trades``).
 
-One signature for every attack: ``attack(model, x, y, *, eps, ...) -> x_adv``.
-
-Input contract (RobustBench convention, SCIENCE.md section 5): ``model`` maps images in
-[0, 1] to **logits** ``(B, K)``; normalisation lives inside the model. ``x`` is a float
-tensor in [0, 1] (``clip=(0, 1)``, the default) and ``y`` holds integer labels in
-``[0, K)``. The 2D toy models take raw coordinates instead: pass ``clip=None`` to disable
-the box (or ``clip=(lo, hi)`` for another box). Every returned point satisfies the budget
-``||x_adv - x|| <= eps`` and the box exactly (projection onto the ball, then clamping into
-the box: the clamp only shrinks each coordinate of the perturbation, so the budget holds).
-
-During an attack the model runs inside :func:`attack_mode`: BatchNorm running statistics are
-never updated (``bn_mode='eval'``: the whole model in eval mode, the default; or
-``bn_mode='frozen'``: train mode with BN using batch statistics without tracking them, as
-``track_bn_stats(model, False)`` in the DM-Improves-AT trainer). The caller's train/eval
-flags are restored afterwards and no gradient is accumulated into model parameters.
+One signature for every attack: ``attack(model, x, y, *, eps, ...) -> x_adv``. The input
+contract, the budget checks, the projection onto the ball and the box, and
+:func:`~dmat_core.robust.threat.attack_mode` (BN statistics untouched, the caller's modes
+restored) are in ``threat`` (RobustBench convention, docs/science.md section 5): images in
+[0, 1] (``clip=(0, 1)``; ``clip=None`` for the raw coordinates of the 2D toys), the model
+returns logits, every returned point satisfies ``||x_adv - x|| <= eps`` and the box exactly.
 Losses are computed in float32, so attacks work under ``torch.autocast``. With
 DistributedDataParallel pass ``model.module``: the attack must not start DDP's gradient sync.
 """
 from __future__ import annotations
 
-import math
-from contextlib import contextmanager
-from typing import Iterator, Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
-Clip = Optional[Tuple[float, float]]
-NORMS = ("linf", "l2")
-
-
-@contextmanager
-def attack_mode(model: nn.Module, bn_mode: str = "eval") -> Iterator[nn.Module]:
-    """Context for running an attack: BN statistics untouched, parameters frozen, mode restored.
-
-    ``bn_mode='eval'`` puts every submodule in eval mode (BN uses running statistics, dropout
-    off). ``bn_mode='frozen'`` keeps the caller's modes but sets ``track_running_stats=False``
-    on every BN layer, so BN normalises with batch statistics and leaves its buffers alone.
-    """
-    if bn_mode not in ("eval", "frozen"):
-        raise ValueError(f"bn_mode must be 'eval' or 'frozen', got {bn_mode!r}")
-    training = {m: m.training for m in model.modules()}
-    requires_grad = {p: p.requires_grad for p in model.parameters()}
-    tracking = {m: m.track_running_stats for m in model.modules() if isinstance(m, _BatchNorm)}
-    try:
-        if bn_mode == "eval":
-            model.eval()
-        else:
-            for m in tracking:
-                m.track_running_stats = False
-        for p in requires_grad:
-            p.requires_grad_(False)
-        yield model
-    finally:
-        for m, flag in training.items():
-            m.training = flag
-        for p, flag in requires_grad.items():
-            p.requires_grad_(flag)
-        for m, flag in tracking.items():
-            m.track_running_stats = flag
-
-
-# ----------------------------------------------------------------------------- checks
-
-def check_budget(eps: float, norm: str) -> Tuple[float, str]:
-    """A threat model's budget: ``(eps, norm)`` as a finite float >= 0 and 'linf' or 'l2'."""
-    norm = str(norm).lower()
-    if norm not in NORMS:
-        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
-    eps = float(eps)
-    if not math.isfinite(eps) or eps < 0:
-        raise ValueError(f"eps must be finite and >= 0, got {eps}")
-    return eps, norm
-
-
-def check_attack_inputs(x: torch.Tensor, y: Optional[torch.Tensor], eps: float, norm: str,
-                        clip: Clip) -> Tuple[float, str]:
-    """Validate the input contract; return ``(eps, norm)`` as float and lower-case string."""
-    eps, norm = check_budget(eps, norm)
-    if not torch.is_floating_point(x):
-        raise ValueError(f"x must be a floating-point tensor (images in [0, 1]), got {x.dtype}; "
-                         "divide uint8 images by 255")
-    if not torch.isfinite(x).all():
-        raise ValueError("x contains NaN or inf")
-    if clip is not None:
-        lo, hi = clip
-        if norm == "linf" and eps > hi - lo:
-            raise ValueError(f"Linf eps={eps} exceeds the width of the input box [{lo}, {hi}]; "
-                             "images in [0, 1] need eps <= 1 (8/255 is the usual budget)")
-        x_min, x_max = x.min().item(), x.max().item()
-        if x_min < lo or x_max > hi:
-            raise ValueError(f"x must lie in [{lo}, {hi}] (images in [0, 1], normalisation inside "
-                             f"the model); got values in [{x_min:.4g}, {x_max:.4g}]. "
-                             "For models on raw coordinates pass clip=None.")
-    if y is not None:
-        if y.dtype in (torch.bool,) or torch.is_floating_point(y) or torch.is_complex(y):
-            raise ValueError(f"labels must be an integer tensor, got {y.dtype}")
-        if y.shape != (x.shape[0],):
-            raise ValueError(f"labels must have shape ({x.shape[0]},), got {tuple(y.shape)}")
-    return eps, norm
-
-
-def check_labels(y: torch.Tensor, num_classes: int, name: str = "y") -> None:
-    """Labels must index the model's logits: 0 <= y < num_classes."""
-    if y.numel() and (y.min().item() < 0 or y.max().item() >= num_classes):
-        raise ValueError(f"{name} must lie in [0, {num_classes}) (the model returns "
-                         f"{num_classes} logits); got values in [{y.min().item()}, {y.max().item()}]")
-
-
-# ----------------------------------------------------------------------------- geometry
-
-def _flat_norm(v: torch.Tensor, norm: str) -> torch.Tensor:
-    """Per-example norm, shaped ``(B, 1, ..., 1)`` for broadcasting."""
-    flat = v.flatten(1)
-    n = flat.abs().amax(1) if norm == "linf" else flat.norm(p=2, dim=1)
-    return n.view(-1, *([1] * (v.dim() - 1)))
-
-
-def linf_bounds(x: torch.Tensor, eps: float, clip: Clip) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Per-coordinate interval ``[lo, hi]`` of the Linf ball around ``x`` intersected with the box.
-
-    Exact in the tensor's own arithmetic: every value ``v`` in ``[lo, hi]`` has a measured
-    ``|v - x| <= eps`` (float subtraction is monotone, so checking the two ends suffices; an
-    end that rounding pushed past the budget moves one float towards ``x`` until it holds).
-    Computed once per attack, so a projection step is a clamp with no host sync.
-    """
-    lo, hi = x - eps, x + eps
-    for _ in range(64):  # one step is almost always enough; a float has few ulps per eps
-        over_lo, over_hi = (lo - x).abs() > eps, (hi - x) > eps
-        if not (over_lo.any() or over_hi.any()):
-            break
-        lo = torch.where(over_lo, torch.nextafter(lo, x), lo)
-        hi = torch.where(over_hi, torch.nextafter(hi, x), hi)
-    else:  # pragma: no cover - only for a dtype without enough precision for eps
-        raise ArithmeticError(f"cannot represent the Linf ball of radius {eps} in {x.dtype}")
-    if clip is not None:
-        lo, hi = lo.clamp_min(clip[0]), hi.clamp_max(clip[1])
-    return lo, hi
-
-
-def project(x_adv: torch.Tensor, x: torch.Tensor, eps: float, norm: str, clip: Clip,
-            bounds: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
-    """Project onto ``{||x_adv - x|| <= eps}``, then clamp into the box ``clip``.
-
-    Exact in the tensor's own arithmetic: the measured ``(x_adv - x)`` never exceeds ``eps``.
-    Linf: ``x + clamp(x_adv - x, -eps, eps)`` (the arithmetic of Madry et al.'s and
-    torchattacks' PGD), clamped into ``bounds = linf_bounds(x, eps, clip)``, which also applies
-    the box and removes the ulp by which rounding of the sum can overshoot. Attacks pass
-    ``bounds`` computed once; without it they are computed here. L2: scale onto the sphere,
-    clamp into the box, and shrink by a few ulps where rounding overshoots.
-    """
-    if norm == "linf":  # in place on one new tensor: the values of the plain expression
-        lo, hi = linf_bounds(x, eps, clip) if bounds is None else bounds
-        return (x_adv.detach() - x).clamp_(-eps, eps).add_(x).clamp_(lo, hi)
-    delta = x_adv - x
-    delta = delta * (eps / _flat_norm(delta, "l2").clamp_min(1e-12)).clamp(max=1.0)
-    x_adv = x + delta
-    if clip is not None:
-        x_adv = x_adv.clamp(*clip)
-    for _ in range(8):  # float rounding of x + delta can overshoot by an ulp
-        n = _flat_norm(x_adv - x, "l2")
-        if not (n > eps).any():
-            break
-        shrink = torch.where(n > eps, eps / n * (1 - 4 * torch.finfo(x.dtype).eps), torch.ones_like(n))
-        x_adv = x + (x_adv - x) * shrink
-    return x_adv.detach()
-
-
-def sample_ball(x: torch.Tensor, eps: float, norm: str, clip: Clip,
-                bounds: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
-    """Uniform point of the ball: U(-eps, eps)^d (Linf) or eps * u^(1/d) * g/||g|| (L2)."""
-    if norm == "linf":
-        delta = torch.empty_like(x).uniform_(-eps, eps)
-    else:
-        g = torch.randn_like(x)
-        d = x[0].numel()
-        r = eps * torch.rand(x.shape[0], device=x.device, dtype=x.dtype).pow(1.0 / d)
-        delta = g / _flat_norm(g, "l2").clamp_min(1e-12) * r.view(-1, *([1] * (x.dim() - 1)))
-    return project(x + delta, x, eps, norm, clip, bounds)
-
-
-def _ascent_direction(g: torch.Tensor, norm: str) -> torch.Tensor:
-    """Steepest ascent direction of unit norm: sign(g) (Linf) or g/||g||_2 (L2)."""
-    if norm == "linf":
-        return g.sign()
-    return g / _flat_norm(g, "l2").clamp_min(1e-12)
-
-
-def _ascend(x_adv: torch.Tensor, g: torch.Tensor, step: float, norm: str) -> torch.Tensor:
-    """``x_adv + step * direction(g)`` as a new tensor; ``g`` (the attack's own gradient) is
-    overwritten. For Linf ``step * sign`` is exact, so the fused add equals the plain sum."""
-    if norm == "linf":
-        return torch.add(x_adv.detach(), g.sign_(), alpha=step)
-    return x_adv.detach() + step * _ascent_direction(g, norm)
+from .threat import (Clip, ascend, ascent_direction, attack_mode, check_attack_inputs, check_labels,
+    labels_checked_on_first_call, linf_bounds, project, sample_ball)
 
 
 # ----------------------------------------------------------------------------- objectives
@@ -226,14 +49,26 @@ def _success(logits: torch.Tensor, y: torch.Tensor, y_target: Optional[torch.Ten
     return pred != y if y_target is None else pred == y_target
 
 
-def _keep_worst(best, cand):
-    """Per example keep the worse point for the model: a success beats a failure, then higher loss."""
-    if best is None:
-        return cand
-    (xb, sb, ob), (xc, sc, oc) = best, cand
-    take = (sc & ~sb) | ((sc == sb) & (oc > ob))
-    view = take.view(-1, *([1] * (xb.dim() - 1)))
-    return torch.where(view, xc, xb), sb | sc, torch.where(take, oc, ob)
+class _WorstSeen:
+    """Per example the worst point seen for the model: a success beats a failure, then the
+    higher objective. Called with ``(x_t, logits_t, objective_t)``; the result is ``.x``."""
+
+    def __init__(self, y: torch.Tensor, y_target: Optional[torch.Tensor]):
+        self.y, self.y_target, self.best = y, y_target, None
+
+    def __call__(self, x_t: torch.Tensor, logits: torch.Tensor, objective: torch.Tensor) -> None:
+        xc, sc, oc = x_t.detach(), _success(logits.detach(), self.y, self.y_target), objective.detach()
+        if self.best is None:
+            self.best = xc, sc, oc
+            return
+        xb, sb, ob = self.best
+        take = (sc & ~sb) | ((sc == sb) & (oc > ob))
+        view = take.view(-1, *([1] * (xb.dim() - 1)))
+        self.best = torch.where(view, xc, xb), sb | sc, torch.where(take, oc, ob)
+
+    @property
+    def x(self) -> torch.Tensor:
+        return self.best[0]
 
 
 # ----------------------------------------------------------------------------- attacks
@@ -265,7 +100,34 @@ def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm
         if y_target is not None:
             check_labels(y_target, logits.shape[1], "y_target")
         g, = torch.autograd.grad(attack_objective(logits, y, loss, y_target).sum(), x_req)
-    return project(x + eps * _ascent_direction(g, norm), x, eps, norm, clip)
+    return project(x + eps * ascent_direction(g, norm), x, eps, norm, clip)
+
+
+def pgd_steps(model: nn.Module, x: torch.Tensor, x_start: torch.Tensor,
+              objective: Callable[[torch.Tensor], torch.Tensor], *, eps: float, norm: str, steps: int,
+              alpha: float, clip: Clip = (0.0, 1.0), bounds: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
+              on_iterate: Optional[Callable] = None) -> torch.Tensor:
+    """One PGD run from ``x_start``: ``steps`` times forward, objective, gradient, step, projection.
+
+    The loop of Madry et al. (ICLR 2018, sec. 2.1) and torchattacks' PGD, with no checks:
+    ``objective`` maps logits ``(B, K)`` to the per-example values ``(B,)`` the attacker
+    maximises (e.g. ``lambda z: attack_objective(z, y)``); ``alpha`` is the step size;
+    ``bounds`` is ``linf_bounds(x, eps, clip)`` computed once (Linf), see :func:`project`.
+    ``on_iterate(x_t, logits_t, objective_t)``, if given, sees every iterate before its step
+    (:func:`pgd` keeps the worst). Returns the last iterate ``x_steps``, which is not evaluated.
+    Run it inside :func:`attack_mode`, as :func:`pgd` and ``trades.trades_inner`` do.
+    """
+    x_adv = x_start.detach()
+    with torch.enable_grad():
+        for _ in range(steps):
+            x_adv.requires_grad_(True)
+            logits = model(x_adv)
+            loss = objective(logits)  # (B,)
+            if on_iterate is not None:
+                on_iterate(x_adv, logits, loss)
+            g, = torch.autograd.grad(loss.sum(), x_adv)
+            x_adv = project(ascend(x_adv, g, alpha, norm), x, eps, norm, clip, bounds)
+    return x_adv
 
 
 def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "linf",
@@ -278,6 +140,8 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm:
     ``x_{t+1} = Proj_{B(x, eps) & box}(x_t + alpha * d_t)`` with ``d_t = sign(g_t)`` (Linf) or
     ``g_t / ||g_t||_2`` (L2), ``g_t = grad_x L(x_t, y)``. Returns, per example, the worst point
     seen over all iterates and restarts (a misclassified point first, then the highest loss).
+    Each run is :func:`pgd_steps`; this wrapper checks the inputs (the labels against the
+    logits of the first forward pass), draws the starts and keeps the worst point.
 
     Args:
         model: classifier, inputs in [0, 1] (or raw coordinates with ``clip=None``), logits out.
@@ -303,77 +167,15 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm:
     alpha = 2.5 * eps / steps if step_size is None else float(step_size)
     x = x.detach()
     bounds = linf_bounds(x, eps, clip) if norm == "linf" else None
-    best, last, checked = None, None, False
-    with attack_mode(model, bn_mode), torch.enable_grad():
+    objective = lambda logits: attack_objective(logits, y, loss, y_target)  # noqa: E731
+    worst = _WorstSeen(y, y_target) if keep_best else None
+    with attack_mode(model, bn_mode), labels_checked_on_first_call(model, y, y_target) as model:
         for _ in range(restarts):
             x_adv = sample_ball(x, eps, norm, clip, bounds) if random_start else x.clone()
-            for t in range(steps + 1):
-                if t == steps and not keep_best:
-                    last = x_adv.detach()
-                    break
-                x_adv.requires_grad_(t < steps)
-                with torch.set_grad_enabled(t < steps):   # the last iterate is only evaluated
+            x_adv = pgd_steps(model, x, x_adv, objective, eps=eps, norm=norm, steps=steps, alpha=alpha,
+                              clip=clip, bounds=bounds, on_iterate=worst)
+            if keep_best:  # the last iterate too: one forward pass without gradient
+                with torch.no_grad():
                     logits = model(x_adv)
-                if not checked:  # first forward pass: the labels can now be checked
-                    check_labels(y, logits.shape[1])
-                    if y_target is not None:
-                        check_labels(y_target, logits.shape[1], "y_target")
-                    checked = True
-                objective = attack_objective(logits, y, loss, y_target)  # (B,)
-                if keep_best:
-                    cand = (x_adv.detach(), _success(logits.detach(), y, y_target), objective.detach())
-                    best = _keep_worst(best, cand)
-                if t == steps:
-                    break
-                g, = torch.autograd.grad(objective.sum(), x_adv)
-                x_adv = project(_ascend(x_adv, g, alpha, norm), x, eps, norm, clip, bounds)
-    return best[0] if keep_best else last
-
-
-def trades_inner(model: nn.Module, x: torch.Tensor, y: Optional[torch.Tensor] = None, *,
-                 eps: float = 8 / 255, norm: str = "linf", steps: int = 10,
-                 step_size: Optional[float] = None, init: str = "normal", init_scale: float = 1e-3,
-                 clip: Clip = (0.0, 1.0), bn_mode: str = "eval") -> torch.Tensor:
-    """Inner maximisation of TRADES (Zhang, Yu, Jiao, Xing, El Ghaoui & Jordan, ICML 2019, sec. 4).
-
-    ``x_adv = argmax_{||x' - x|| <= eps} KL(p(x) || p(x'))``, ``p = softmax(model(.))``, by
-    projected sign (Linf) or normalised (L2) gradient ascent. This is the quantity
-    ``nn.KLDivLoss(log_softmax(z(x')), softmax(z(x)))`` of the TRADES and DM-Improves-AT code,
-    which papers often write KL(p_adv || p_clean) after the argument order of KLDivLoss.
-    ``y`` is not used by the objective (TRADES is label-free); it is validated if given.
-
-    Args:
-        eps: default 8/255. norm: ``'linf'`` (default) or ``'l2'`` (128/255 in the DM paper).
-        steps: default 10. step_size: default ``eps / 4`` for Linf (2/255 at 8/255, as in TRADES)
-            and ``2 * eps / steps`` for L2 (the TRADES L2 code).
-        init: ``'normal'`` (default, ``x + init_scale * N(0, I)``, TRADES), ``'uniform'``
-            (uniform in the ball, the DM-Improves-AT trainer) or ``'none'``.
-        clip: input box, default ``(0, 1)``. bn_mode: see :func:`attack_mode`.
-    """
-    eps, norm = check_attack_inputs(x, y, eps, norm, clip)
-    if step_size is None:
-        step_size = eps / 4 if norm == "linf" else 2 * eps / steps
-    x = x.detach()
-    bounds = linf_bounds(x, eps, clip) if norm == "linf" else None
-    with attack_mode(model, bn_mode):
-        with torch.no_grad():
-            logits_clean = model(x)
-            if y is not None:
-                check_labels(y, logits_clean.shape[1])
-            p_clean = F.softmax(logits_clean.float(), dim=1)  # (B, K), a constant of the attack
-        if init == "normal":
-            x_adv = project(x + init_scale * torch.randn_like(x), x, eps, norm, clip, bounds)
-        elif init == "uniform":
-            x_adv = sample_ball(x, eps, norm, clip, bounds)
-        elif init == "none":
-            x_adv = x.clone()
-        else:
-            raise ValueError(f"init must be 'normal', 'uniform' or 'none', got {init!r}")
-        with torch.enable_grad():
-            for _ in range(steps):
-                x_adv.requires_grad_(True)
-                log_p_adv = F.log_softmax(model(x_adv).float(), dim=1)
-                kl = F.kl_div(log_p_adv, p_clean, reduction="sum")  # sum_i KL(p(x_i) || p(x'_i))
-                g, = torch.autograd.grad(kl, x_adv)
-                x_adv = project(_ascend(x_adv, g, step_size, norm), x, eps, norm, clip, bounds)
-    return x_adv
+                worst(x_adv, logits, objective(logits))
+    return worst.x if keep_best else x_adv

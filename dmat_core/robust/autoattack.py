@@ -1,7 +1,7 @@
 """Robustness evaluation: clean accuracy, PGD accuracy and AutoAttack (Croce & Hein, ICML 2020).
 
 PGD-k with a random start is the cheap proxy; AutoAttack (``pyautoattack``, the authors'
-package) is the number to report (SCIENCE.md section 5). Models follow the RobustBench
+package) is the number to report (docs/science.md section 5). Models follow the RobustBench
 contract: inputs in [0, 1], logits out. Everything runs in eval mode and restores the
 caller's mode afterwards.
 
@@ -20,7 +20,8 @@ from typing import Iterable, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from .attacks import attack_mode, check_attack_inputs, check_labels, pgd
+from .attacks import pgd
+from .threat import attack_mode, check_attack_inputs, check_labels
 
 Data = Union[Tuple[torch.Tensor, torch.Tensor], Iterable[Tuple[torch.Tensor, torch.Tensor]]]
 
@@ -164,7 +165,8 @@ def autoattack_eval(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: 
 
     Args:
         model: inputs in [0, 1], logits out. x: ``(N, C, H, W)`` in [0, 1]. y: ``(N,)`` labels.
-        eps: budget (8/255 Linf or 128/255 L2 in SCIENCE.md). norm: ``'Linf'`` (default) or ``'L2'``.
+        eps: budget (8/255 Linf or 128/255 L2, docs/science.md section 4).
+        norm: ``'Linf'`` (default) or ``'L2'``.
         version: ``'standard'`` (default), ``'plus'``, ``'rand'`` or ``'custom'`` (then ``attacks``,
             a list from ``apgd-ce, apgd-dlr, apgd-t, fab, fab-t, square``, is required).
         n: evaluate the first ``n`` points only (default all). batch_size: default 250.

@@ -7,7 +7,7 @@ it takes raw 2D coordinates (attack it with ``clip=None``).
 :class:`WideResNet` is the DeepMind-style WRN of Gowal et al. (2020) used by Wang et al.
 (ICML 2023, "Better Diffusion Models Further Improve Adversarial Training"); its parameter
 names, padding and BN momentum follow ``core/models/wideresnetwithswish.py`` of
-DM-Improves-AT so that the published checkpoints load unchanged (SCIENCE.md section 4).
+DM-Improves-AT so that the published checkpoints load unchanged (docs/science.md section 4).
 """
 from __future__ import annotations
 

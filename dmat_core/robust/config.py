@@ -1,7 +1,7 @@
 """Settings of adversarial training (:mod:`dmat_core.robust.train`) and the named presets.
 
 Every field of :class:`TrainATConfig` has the value of the paper's recipe by default
-(Wang et al., ICML 2023, SCIENCE.md section 4, checked against the DM-Improves-AT code:
+(Wang et al., ICML 2023, docs/science.md section 4, checked against the DM-Improves-AT code:
 ``train-wa.py``, ``core/utils/parser.py``, ``gowal21uncovering/utils/{watrain,trades}.py``).
 A preset overrides a few fields; a JSON config file or command-line flags override a preset.
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 from typing import Any, Dict, Optional
 
 from ..common.settings import check_device, parse_eps, preset_and_file
@@ -25,7 +24,7 @@ class TrainATConfig:
     # -- data
     data_dir: Optional[str] = None          # CIFAR-10 python format; default $DMAT_DATA, else ./data
     dataset: str = "cifar10"                # or "cifar100"
-    generated: Optional[str] = None         # generated set (.npz, SCIENCE.md section 4)
+    generated: Optional[str] = None         # generated set (.npz, docs/science.md section 4)
     unsup_fraction: float = 0.7             # fraction of each batch from the generated set
     n_val: int = 1024                       # first n_val training images held out (model selection)
     epoch_size: Optional[int] = None        # images per "epoch"; default: the paper's definition, the
@@ -195,7 +194,7 @@ PRESET_NOTES = {
     "paper-wrn28-10": "Wang et al. 2023 with the 1M EDM set: the README command of DM-Improves-AT "
                       "(batch 512, 400 epochs). The published 67.31% AA WRN-28-10 used 20M generated "
                       "images (RobustBench model card) and a longer run whose batch size and epoch count "
-                      "are in the paper's tables, not in SCIENCE.md (the WRN-70-16 / 50M run: 2000 epochs); "
+                      "are in the paper's tables (the WRN-70-16 / 50M run: 2000 epochs); "
                       "set --batch-size/--epochs/--lr to match.",
     "colab-small": "PreActResNet-18, 15 epochs. Estimate (not measured here): TRADES-10 costs about 12 "
                    "forward+backward passes per image, ~20 GFLOP for PreActResNet-18, so a T4 with fp16 "

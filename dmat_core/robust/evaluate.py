@@ -5,7 +5,7 @@
     report = evaluate(model, x, y, attacks=("clean", "pgd", "autoattack"), eps=8/255)
 
 ``dmat eval`` is these two calls on the first ``--n`` test images. PGD-k with a random start is
-the cheap proxy; AutoAttack (standard) is the number to report (SCIENCE.md section 5).
+the cheap proxy; AutoAttack (standard) is the number to report (docs/science.md section 5).
 """
 from __future__ import annotations
 
@@ -76,7 +76,7 @@ def evaluate(model, x: torch.Tensor, y: torch.Tensor, *, attacks=ATTACKS, eps: f
 
     ``x``: float (N, 3, H, W) in [0, 1]; ``y``: (N,) labels. Returns a JSON-ready dict.
     """
-    from .attacks import attack_mode, check_attack_inputs, check_labels
+    from .threat import attack_mode, check_attack_inputs, check_labels
     from .autoattack import autoattack_eval, clean_accuracy, pgd_accuracy
 
     check_attack_inputs(x, y, eps, norm, (0.0, 1.0))

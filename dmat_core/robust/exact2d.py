@@ -1,7 +1,7 @@
 """Exact robust accuracy of a given classifier on 2D toys.
 
 On a known 2D distribution a number that image-scale work can only bound by attacks
-(SCIENCE.md section 5) is computed exactly. Notebook-style use:
+(docs/science.md section 5) is computed exactly. Notebook-style use:
 
     res = exact_robust_accuracy(clf, x_test, y_test, eps=0.3, norm="l2")   # res.acc, res.lower
 
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .attacks import check_budget
+from .threat import check_budget
 
 Tensor = torch.Tensor
 

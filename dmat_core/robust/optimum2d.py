@@ -1,7 +1,10 @@
 """The best robust accuracy any classifier can reach on a known 2D distribution, two classes.
 
+Size: one module of about 340 lines on purpose: one algorithm: the grid of cells, its conflict
+graph, the max flow and the two bounds only make sense together.
+
 The reference against which the exact robust accuracy of one classifier
-(:mod:`dmat_core.robust.exact2d`) is read; image-scale work can only bound it (SCIENCE.md
+(:mod:`dmat_core.robust.exact2d`) is read; image-scale work can only bound it (docs/science.md
 section 5). Notebook-style use:
 
     opt = bayes_robust_accuracy(two_class_mixture, eps=0.3, norm="l2")     # opt["value"], ["lower"]
@@ -316,7 +319,8 @@ def bayes_robust_accuracy(dist, eps: float, norm: str = "l2", h: float = 0.03, b
     eps, norm = _check(eps, norm)
     if dist.num_classes != 2:
         raise ValueError(f"bayes_robust_accuracy is exact for 2 classes, got {dist.num_classes}: "
-                         "use toy_robust_multiclass.multiclass_robust_accuracy (certified bounds)")
+                         "use dmat_core.robust.optimum2d_multiclass.multiclass_robust_accuracy "
+                         "(certified bounds)")
     if not (h > 0 and math.isfinite(h)):
         raise ValueError(f"h must be a positive grid step, got {h}")
     mu, ex, ey, tail = class_cell_masses(dist, h, box, n_std)

@@ -1,4 +1,9 @@
-"""Adversarial training of classifiers with generated data (Wang et al., ICML 2023; SCIENCE.md 4).
+"""Adversarial training of classifiers with generated data (Wang et al., ICML 2023;
+docs/science.md section 4).
+
+Size: one module of about 420 lines on purpose: the whole classifier recipe in one class (data,
+model, the step, validation, checkpoint state), so that it reads side by side with the reference
+trainer; the loop itself is :mod:`dmat_core.common.training`.
 
     trainer = ATTrainer(make_config("cpu-quick", data_dir="data/tiny", out_dir="runs/q"))
     for state in trainer.run():             # one dict per optimiser step
@@ -40,23 +45,25 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..common.settings import resolve_device
-from .config import TrainATConfig, make_config
-from .losses import pgd_at_loss, trades_loss
-from .attacks import pgd, trades_inner
 from ..common.checkpoint import atomic_save, atomic_write_text, load_checkpoint, rng_state, set_rng_state
-from .classifiers import build_classifier, load_published_checkpoint
-from ..images.cifar import load_training_set
-from ..images.data import (MixedBatchSampler, augment_crop_flip, gather_mixed, load_generated,
-    split_validation, to_tensor_images, validate_generated)
+from ..common.settings import resolve_device
 from ..common.train_utils import (EMA, CSVLog, all_reduce_sum, bn_momentum, derived_seed, dist_info,
-    one_cycle_cosine, param_groups, process_group, strip_batchnorm, unwrap)
+                                  one_cycle_cosine, param_groups, process_group, strip_batchnorm, unwrap)
+from ..common.training import NonFiniteLossError, RunMismatchError, Trainer, check_resumable, prepare_out_dir
+from ..images.cifar import load_training_set
+from ..images.data import (MixedBatchSampler, augment_crop_flip, gather_mixed, load_generated, split_validation,
+                           to_tensor_images, validate_generated)
+from .attacks import pgd
+from .classifiers import build_classifier, load_published_checkpoint
+from .config import TrainATConfig, make_config
+from .pgd_at import pgd_at
+from .trades import trades
 
 __all__ = ["ATTrainer", "train_at", "finished_result", "NonFiniteLossError", "CHECKPOINT_FORMAT",
            "WEIGHTS_FORMAT"]
@@ -68,10 +75,6 @@ _AUG, _ATTACK, _VAL = 1, 2, 3  # random streams
 _RESUMABLE = {"out_dir", "data_dir", "generated", "progress", "log_every", "checkpoint_every",
               "device", "amp", "channels_last", "make_tiny_data"}
 _ARCH_KEYS = ("arch", "arch_kw", "batchnorm", "dataset")
-
-
-class NonFiniteLossError(ValueError):
-    """The training loss became NaN or infinite."""
 
 
 class _ScaleGrad(torch.autograd.Function):
@@ -99,17 +102,21 @@ class _AttackView(nn.Module):
         return _ScaleGrad.apply(self.model(x), self.scale)
 
 
-class ATTrainer:
+class ATTrainer(Trainer):
     """PGD-AT / TRADES training driven step by step (:meth:`step`) or as a generator (:meth:`run`).
 
     Args:
         config: a :class:`~dmat_core.robust.config.TrainATConfig` (or a dict of its fields).
         real: optional ``(images, labels)`` uint8 (N, 32, 32, 3) / int (N,) instead of CIFAR files.
         generated: optional ``(images, labels)`` instead of ``config.generated``.
-        resume: continue from ``out_dir/checkpoint.pt`` when it exists (default True).
+        fresh: remove the files of an earlier run in ``out_dir`` and start over; without it a run
+            with the same settings resumes from ``out_dir/checkpoint.pt`` and one with other
+            settings is refused (:class:`~dmat_core.common.training.RunMismatchError`).
     """
 
-    def __init__(self, config, *, real=None, generated=None, resume: bool = True):
+    RUN_FILES = ("checkpoint.pt", "best.pt", "final.pt", "log.csv", "val.csv", "result.json")
+
+    def __init__(self, config, *, real=None, generated=None, fresh: bool = False):
         cfg = config if isinstance(config, TrainATConfig) else TrainATConfig.from_dict(config)
         self.cfg = cfg.validate()
         self.rank, self.world_size, local_rank = dist_info()
@@ -154,10 +161,11 @@ class ATTrainer:
         self.log = CSVLog(self.out_dir / "log.csv", ["step", "epoch", "lr", "momentum", "loss", "ce_clean",
                                                      "ce_adv", "kl", "acc_clean", "acc_adv", "images_per_s"])
         self.val_log = CSVLog(self.out_dir / "val.csv", ["step", "epoch", "val_clean_acc", "val_robust_acc"])
-        if self.rank == 0 and self.out_dir.is_dir():  # temporary files of writes a kill interrupted
-            for stale in self.out_dir.glob(".*.tmp"):
-                stale.unlink(missing_ok=True)
-        if resume and (self.out_dir / "checkpoint.pt").is_file():
+        self.log_every, self.progress = cfg.log_every, cfg.progress and self.rank == 0
+        self.desc = f"train-at {cfg.method}"
+        prepare_out_dir(self.out_dir, fresh=fresh, run_files=self.RUN_FILES, rank=self.rank,
+                        world_size=self.world_size)
+        if (self.out_dir / "checkpoint.pt").is_file():
             self.load_state_dict(load_checkpoint(self.out_dir / "checkpoint.pt"))
         if self.rank == 0:
             self.log.truncate(self.step_count)  # drop rows of steps that will be (re)done
@@ -205,11 +213,6 @@ class ATTrainer:
     def _attack_view(self, model: nn.Module) -> nn.Module:
         return _AttackView(model) if self.amp_dtype == torch.float16 else model
 
-    def _autocast(self):
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
-
     # ------------------------------------------------------------------ one step
     def schedule(self, t: int) -> tuple:
         """``(lr, momentum)`` of step ``t``: one-cycle cosine per step or per epoch."""
@@ -244,27 +247,21 @@ class ATTrainer:
         torch.manual_seed(derived_seed(cfg.seed, _ATTACK, self.rank, t))  # the attack's random start
         first = bn_momentum(self.model, 1.0) if t == 0 and cfg.bn_init_first_batch else contextlib.nullcontext()
         self.model.train()
-        with first, self._autocast():
+        with first, self.autocast():
             attacked = self._attack_view(self.model)  # never the DDP wrapper: no gradient sync
             if cfg.method == "trades":
-                x_adv = trades_inner(attacked, x, y, eps=cfg.eps, norm=cfg.norm, steps=cfg.attack_steps,
-                                     step_size=cfg.attack_step_size, init=cfg.attack_init,
-                                     bn_mode=cfg.attack_bn or "frozen")
-                loss, parts = trades_loss(self.net, x, y, x_adv, beta=cfg.beta, label_smoothing=cfg.label_smoothing)
+                loss, parts = trades(self.net, x, y, eps=cfg.eps, norm=cfg.norm, steps=cfg.attack_steps,
+                                     step_size=cfg.attack_step_size, init=cfg.attack_init, beta=cfg.beta,
+                                     label_smoothing=cfg.label_smoothing, bn_mode=cfg.attack_bn or "frozen",
+                                     attack_model=attacked)
             else:
-                x_adv = pgd(attacked, x, y, eps=cfg.eps, norm=cfg.norm, steps=cfg.attack_steps,
-                            step_size=cfg.attack_step_size, random_start=cfg.attack_init == "uniform",
-                            bn_mode=cfg.attack_bn or "eval")
-                loss, parts = pgd_at_loss(self.net, x, y, x_adv, label_smoothing=cfg.label_smoothing)
-        keys = sorted(parts)
-        values = torch.stack([parts[k].float() for k in keys]).tolist()  # one synchronisation
-        values = [v / self.world_size for v in all_reduce_sum(values, self.device)]
-        metrics = dict(zip(keys, values))
-        if not math.isfinite(metrics["loss"]):
-            raise NonFiniteLossError(
-                f"the training loss is {metrics['loss']} at step {t + 1} (lr {lr:.3g}); nothing was "
-                f"written for this step. The last checkpoint ({self.out_dir / 'checkpoint.pt'}) holds the "
-                "last good state: lower the learning rate, or use amp='bf16'/'off' if fp16 overflows.")
+                loss, parts = pgd_at(self.net, x, y, eps=cfg.eps, norm=cfg.norm, steps=cfg.attack_steps,
+                                     step_size=cfg.attack_step_size, random_start=cfg.attack_init == "uniform",
+                                     label_smoothing=cfg.label_smoothing, bn_mode=cfg.attack_bn or "eval",
+                                     attack_model=attacked)
+        metrics = self.reduce(parts)
+        self.check_finite(metrics, lr, "Lower the learning rate, or use amp='bf16'/'off' if fp16 overflows.",
+                          self.out_dir / "checkpoint.pt")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if cfg.grad_clip:
@@ -285,7 +282,7 @@ class ATTrainer:
         attacked, bs = self._attack_view(ema), max(1, cfg.batch_size // self.world_size)
         clean = robust = 0
         cuda = [self.device.index or 0] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=cuda), self._autocast():
+        with torch.random.fork_rng(devices=cuda), self.autocast():
             torch.manual_seed(derived_seed(cfg.seed, _VAL, self.rank, self.step_count))
             for i in range(0, len(self.val_y), bs):
                 xb, yb = self.val_x[i:i + bs], self.val_y[i:i + bs]
@@ -314,18 +311,15 @@ class ATTrainer:
     def load_state_dict(self, ck: dict) -> None:
         """Continue from a checkpoint of :meth:`state_dict`; the settings must match (see _RESUMABLE)."""
         where = self.out_dir / "checkpoint.pt"
-        if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"{where}: not a dmat train-at checkpoint (format {ck.get('format') if isinstance(ck, dict) else None!r})")
-        saved, now = ck["config"], self.cfg.to_dict()
-        diff = [k for k in now if k not in _RESUMABLE and saved.get(k) != now[k]]
-        if any(k in _ARCH_KEYS for k in diff):
-            raise ValueError(f"{where} is a checkpoint of another architecture: {ck['arch']} "
-                             f"({', '.join(f'{k}={saved.get(k)!r}' for k in _ARCH_KEYS)}), this run builds "
-                             f"{self.model_arch}; use another out_dir or the checkpoint's settings")
-        if diff:
-            raise ValueError(f"{where} was written with other settings: " + "; ".join(
-                f"{k}: {saved.get(k)!r} in the checkpoint, {now[k]!r} now" for k in diff)
-                + ". Resume with the same settings, or use another out_dir.")
+        saved = ck.get("config", {}) if isinstance(ck, dict) else {}
+        if isinstance(ck, dict) and ck.get("format") == CHECKPOINT_FORMAT and any(
+                saved.get(k) != self.cfg.to_dict()[k] for k in _ARCH_KEYS):
+            raise RunMismatchError(
+                f"{where} is a checkpoint of another architecture: {ck['arch']} "
+                f"({', '.join(f'{k}={saved.get(k)!r}' for k in _ARCH_KEYS)}), this run builds {self.model_arch}; "
+                "use another out_dir, the checkpoint's settings, or start over with fresh=True (--fresh)")
+        check_resumable(ck, where, format=CHECKPOINT_FORMAT, what="train-at", saved=saved, now=self.cfg.to_dict(),
+                        may_change=_RESUMABLE)
         load_published_checkpoint(ck["model"], unwrap(self.model))
         self.ema.load_state_dict(ck["ema"])
         self.optimizer.load_state_dict(ck["optimizer"])
@@ -346,39 +340,35 @@ class ATTrainer:
                          "arch": self.model_arch, "config": self.cfg.to_dict(), "step": self.step_count,
                          **extra}, self.out_dir / name)
 
-    # ------------------------------------------------------------------ the loop
-    def run(self) -> Iterator[dict]:
-        """Train to ``total_steps``, yielding each step's metrics (plus validation when it ran)."""
-        from tqdm.auto import tqdm
-        cfg = self.cfg
-        bar = tqdm(total=self.total_steps, initial=self.step_count, desc=f"train-at {cfg.method}",
-                   disable=not (cfg.progress and self.rank == 0), dynamic_ncols=True)
-        last_t, last_images = time.perf_counter(), self.images_seen
-        try:
-            while self.step_count < self.total_steps:
-                state = self.step()
-                t = self.step_count
-                if t % cfg.log_every == 0 or t == self.total_steps:
-                    now = time.perf_counter()
-                    state["images_per_s"] = (self.images_seen - last_images) / (now - last_t)
-                    last_t, last_images = now, self.images_seen
-                    if self.rank == 0:
-                        self.log.append(state)
-                if self.val_every and (t % self.val_every == 0 or t == self.total_steps):
-                    state.update(self.validate())
-                    if self.rank == 0:
-                        self.val_log.append(state)
-                    if state["val_robust_acc"] >= self.best["val_robust_acc"]:
-                        self.best = {"val_robust_acc": state["val_robust_acc"],
-                                     "val_clean_acc": state["val_clean_acc"], "step": t}
-                        self._save_weights("best.pt", val=self.best)
-                if t % self.checkpoint_every == 0 or t == self.total_steps:
-                    self.save()
-                bar.update(1)
-                bar.set_postfix(loss=f"{state['loss']:.3f}", acc_adv=f"{state['acc_adv']:.2f}")
-                yield state
-        finally:
-            bar.close()
+    # ------------------------------------------------------------------ the loop (Trainer.run)
+    def start(self) -> None:
+        self._last_log = (time.perf_counter(), self.images_seen)   # (time, images seen) at the last log row
+
+    def write_log(self, state: dict) -> None:
+        """A row of ``log.csv``, with the throughput since the last row."""
+        now, (then, images) = time.perf_counter(), self._last_log
+        state["images_per_s"] = (self.images_seen - images) / (now - then)
+        self._last_log = (now, self.images_seen)
+        if self.rank == 0:
+            self.log.append(state)
+
+    def after_step(self, state: dict) -> None:
+        """Validation every ``val_every`` steps and after the last one; ``best.pt`` on a new best."""
+        if not self.due(self.val_every) or not self.val_every:
+            return
+        state.update(self.validate())
+        if self.rank == 0:
+            self.val_log.append(state)
+        if state["val_robust_acc"] >= self.best["val_robust_acc"]:
+            self.best = {"val_robust_acc": state["val_robust_acc"], "val_clean_acc": state["val_clean_acc"],
+                         "step": self.step_count}
+            self._save_weights("best.pt", val=self.best)
+
+    def postfix(self, state: dict) -> dict:
+        return {"loss": f"{state['loss']:.3f}", "acc_adv": f"{state['acc_adv']:.2f}"}
+
+    def finish(self) -> None:
+        """``final.pt`` (EMA and raw weights) and ``result.json``, after the last step."""
         self._save_weights("final.pt")
         if self.rank == 0:
             atomic_write_text(self.out_dir / "result.json", json.dumps(self.result(), indent=2) + "\n")
@@ -417,7 +407,7 @@ def finished_result(config) -> Optional[dict]:
     return json.loads((out / "result.json").read_text())
 
 
-def train_at(config, *, reuse: bool = False, **kwargs) -> dict:
+def train_at(config, *, reuse: bool = False, fresh: bool = False, **kwargs) -> dict:
     """Run a whole training (``dmat train-at``); under ``torchrun`` it sets up DDP itself.
 
     ``config``: a :class:`TrainATConfig`, a dict, or a preset name. ``reuse``: when ``out_dir``
@@ -428,10 +418,10 @@ def train_at(config, *, reuse: bool = False, **kwargs) -> dict:
         config = make_config(config)
     cfg = config if isinstance(config, TrainATConfig) else TrainATConfig.from_dict(config)
     cfg.validate()
-    if reuse and (done := finished_result(cfg)) is not None:
+    if reuse and not fresh and (done := finished_result(cfg)) is not None:
         return done
     with process_group(cfg.device):
-        trainer = ATTrainer(cfg, **kwargs)
+        trainer = ATTrainer(cfg, fresh=fresh, **kwargs)
         for _ in trainer.run():
             pass
         return trainer.result()

@@ -11,6 +11,9 @@ trajectory. Writes results.json, table.md (mean +- std over seeds) and figures u
     dmat toy at-dm-study --preset inlier-ring8 --out results/at_dm/inlier-ring8
     dmat toy at-dm-study --dist ring8 --corruption inlier --p 0.9 --seeds 3 --out DIR --quick
 """
+# Size: one module of about 320 lines on purpose: one experiment (training every arm over seeds,
+# measuring each against the clean density, the CLI); its set-up and its report are modules of their
+# own.
 from __future__ import annotations
 
 import argparse
@@ -44,7 +47,7 @@ NOT_IN_RUNS = {"cost_steps"}          # configuration keys that no trained model
 SCORE_SIGMAS = [0.05, 0.2, 1.0]
 
 
-def evaluate(D, dist, train, cfg: dict, seed: int) -> tuple[dict, dict]:
+def measure_denoiser(D, dist, train, cfg: dict, seed: int) -> tuple[dict, dict]:
     """Every measure of one model; returns (metrics, extras with samples and per-sigma rows)."""
     sd = float(getattr(D, "sigma_data", 1.0))
     latents = latent_noise(cfg["n_eval"], dist.dim, torch.Generator().manual_seed(5000 + seed))
@@ -96,7 +99,7 @@ def _train_and_evaluate(job: dict) -> dict:
                       ema=cfg["ema"], P_mean=cfg["P_mean"], P_std=cfg["P_std"], seed=seed,
                       progress=job.get("progress", False), desc=f"{job['arm']} s{seed}")
     train_s = time.perf_counter() - t0
-    metrics, extras = evaluate(D, dist, x, cfg, seed)
+    metrics, extras = measure_denoiser(D, dist, x, cfg, seed)
     metrics.update(train_seconds=train_s, ms_per_step=1000 * train_s / cfg["steps"])
     return {"seed": seed, "variant": job["arm"], "at": at.as_dict(), "metrics": metrics,
             "history": hist, "jacobian": extras["jacobian"], "score_error": extras["score_error"],
@@ -142,7 +145,7 @@ def reference_rows(cfg: dict, seed: int = 0) -> dict:
         out[name] = m
     out["training set"]["corrupted_share"] = float(mask.double().mean())
     for name, ideal in ideal_models(dist, x, cfg).items():
-        m, _ = evaluate(_ExactDenoiser(ideal, data_std(x)), dist, x, cfg, seed)
+        m, _ = measure_denoiser(_ExactDenoiser(ideal, data_std(x)), dist, x, cfg, seed)
         out[name] = m
     return out
 
@@ -287,7 +290,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--steps", type=int, help="training steps")
     g.add_argument("--batch", type=int, help="minibatch size")
     g.add_argument("--n-eval", type=int, help="samples per model")
-    a = p.add_argument_group("AT (defaults: SCIENCE.md section 3)")
+    a = p.add_argument_group("AT (defaults: docs/science.md section 3)")
     a.add_argument("--lam", type=float, help="AT weight lambda (0.3)")
     a.add_argument("--r-max", type=float, help="budget at high noise, noise units (1.0)")
     a.add_argument("--exponent", type=float, help="budget shape exponent (2)")

@@ -1,4 +1,4 @@
-"""Corrupted training sets drawn from a known distribution (SCIENCE.md section 3, proof of concept).
+"""Corrupted training sets drawn from a known distribution (docs/science.md section 3, proof of concept).
 
 The model is trained on the corrupted set and measured against the *clean* distribution, so
 whatever the corruption leaves in the samples is measured exactly. Kinds:
@@ -12,7 +12,7 @@ whatever the corruption leaves in the samples is measured exactly. Kinds:
               in the directions orthogonal to the subspace only.
 
 Each returns the set (n, d) float64 and a boolean mask (n,) of the corrupted points (the method
-never sees it; the analysis may). Notebook 05 shows them.
+never sees it; the analysis may). Notebooks 03 and 04 use them.
 """
 from __future__ import annotations
 

@@ -1,7 +1,10 @@
 """Toy distributions whose density is known in closed form at every noise level.
 
+Size: one module of about 330 lines on purpose: one class with every closed form (density, score,
+denoiser at every sigma, sampling) and the presets built from it.
+
 A Gaussian mixture stays a Gaussian mixture under the diffusion noising `x = x0 + sigma n`
-(SCIENCE.md section 2):
+(docs/science.md section 2):
 
     p_sigma(x) = sum_k w_k N(x; mu_k, S_k + sigma^2 I),
 

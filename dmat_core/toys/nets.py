@@ -3,12 +3,12 @@
 The raw network F is an MLP on the preconditioned input `c_in x` with a sinusoidal embedding
 of the EDM noise input `c_noise = ln(sigma) / 4`, added to every residual block; wrapped in
 :class:`~dmat_core.diffusion.edm.EDMPrecond` it becomes a denoiser with the one interface of
-dmat_core, `D(x, sigma, labels=None)` (SCIENCE.md section 2):
+dmat_core, `D(x, sigma, labels=None)` (docs/science.md section 2):
 
     D(x, sigma) = c_skip x + c_out F(c_in x, c_noise).
 
 `sigma_data` is the data's own RMS standard deviation per coordinate (:func:`data_std`), so
-that `c_in x` and the training target of F have unit variance as in EDM. Notebook 05 trains it.
+that `c_in x` and the training target of F have unit variance as in EDM. Notebooks 02-04 train it.
 """
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ class ResidualBlock(nn.Module):
         return h + self.fc2(nn.functional.silu(z))
 
 
-class ToyMLP(nn.Module):
+class NoiseConditionedMLP(nn.Module):
     """The raw network F(x_in, c_noise): Linear -> residual blocks -> LayerNorm -> Linear.
 
     Args:
@@ -70,7 +70,7 @@ class ToyMLP(nn.Module):
 
 
 class ToyDenoiserMLP(EDMPrecond):
-    """EDM-preconditioned :class:`ToyMLP`: a learned `D(x, sigma, labels=None)` for toy data.
+    """EDM-preconditioned :class:`NoiseConditionedMLP`: a learned `D(x, sigma, labels=None)` for toy data.
 
     Example:
         >>> D = ToyDenoiserMLP(dim=2, sigma_data=data_std(x_train))
@@ -81,7 +81,7 @@ class ToyDenoiserMLP(EDMPrecond):
                  emb_dim: int = 64):
         if not (sigma_data > 0 and math.isfinite(sigma_data)):
             raise ValueError(f"sigma_data must be a positive number, got {sigma_data}")
-        super().__init__(ToyMLP(dim, width, depth, emb_dim), sigma_data)
+        super().__init__(NoiseConditionedMLP(dim, width, depth, emb_dim), sigma_data)
         self.dim = dim
         self.config = dict(dim=dim, sigma_data=float(sigma_data), width=width, depth=depth,
                            emb_dim=emb_dim)
@@ -99,4 +99,4 @@ def data_std(x: Tensor) -> float:
     return float(x.var(0).mean().sqrt())
 
 
-__all__ = ["ToyDenoiserMLP", "ToyMLP", "NoiseEmbedding", "ResidualBlock", "data_std"]
+__all__ = ["ToyDenoiserMLP", "NoiseConditionedMLP", "NoiseEmbedding", "ResidualBlock", "data_std"]

@@ -6,7 +6,7 @@ it, and memorization against fresh true samples.
   :func:`memorization_rate`   the share of samples within a radius of a training point, beside the
                               same share for fresh true samples (Briglia et al., memorization).
 
-Notebooks 03 and 04 plot them.
+Notebook 04 plots them; :mod:`dmat_core.studies.at_dm_study` reports them for every arm.
 """
 from __future__ import annotations
 
@@ -81,3 +81,6 @@ def memorization_rate(samples: Tensor, train: Tensor, dist: GaussianMixture | No
         raise ValueError(f"radius must be > 0, got {radius}")
     out.update(mem_rate=float((nn_s < radius).double().mean()), radius=radius)
     return out
+
+
+__all__ = ["jacobian_frobenius", "memorization_rate"]

@@ -10,11 +10,10 @@ Each step draws a minibatch of the (possibly corrupted) training set, sigma from
 log-normal and the noise, and minimises :func:`~dmat_core.diffusion.losses.at_dm_loss` with Adam
 (linear warm-up, cosine decay), gradient clipping and an EMA of the weights (decay with the
 usual warm-up min(ema, (1 + t)/(10 + t))). Everything random comes from one seeded generator,
-so a run is reproducible and a checkpointed run resumes exactly. Notebook 05 runs it.
+so a run is reproducible and a checkpointed run resumes exactly. Notebooks 02-04 run it.
 """
 from __future__ import annotations
 
-import copy
 import math
 import time
 from pathlib import Path
@@ -23,6 +22,8 @@ import torch
 from torch import nn
 
 from ..common.checkpoint import atomic_save, load_checkpoint
+from ..common.train_utils import EMA
+from ..common.training import Trainer, check_resumable
 from ..diffusion.losses import ATConfig, at_dm_loss
 from .nets import ToyDenoiserMLP
 
@@ -44,19 +45,104 @@ def lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
     return lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t)))
 
 
-@torch.no_grad()
-def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    for pe, pm in zip(ema.parameters(), model.parameters()):
-        pe.lerp_(pm, 1 - decay)
-    for be, bm in zip(ema.buffers(), model.buffers()):
-        be.copy_(bm)
+CHECKPOINT_FORMAT = "dmat-toy-train/1"
+
+
+class ToyTrainer(Trainer):
+    """The toy denoiser's training on the shared skeleton (:class:`~dmat_core.common.training.Trainer`).
+
+    One step: a minibatch of ``data`` drawn with replacement, sigma and noise, the loss
+    :func:`~dmat_core.diffusion.losses.at_dm_loss`, Adam at the learning rate of :func:`lr_at`,
+    gradient clipping, the EMA update. Everything random comes from one generator on the
+    training device, so a checkpointed run resumes exactly. See :func:`train_toy` for the args.
+    """
+
+    def __init__(self, model: nn.Module, data: Tensor, config: ATConfig | None = None, steps: int = 3000,
+                 batch: int = 512, lr: float = 2e-3, warmup: int = 100, ema: float = 0.999,
+                 P_mean: float = -1.2, P_std: float = 1.2, grad_clip: float = 1.0, seed: int = 0,
+                 progress: bool = False, checkpoint: str | Path | None = None,
+                 checkpoint_every: int = 0, desc: str | None = None, device=None, fresh: bool = False):
+        self.config = config or ATConfig("standard")
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.model = model.to(self.device)
+        self.data = torch.as_tensor(data).to(device=self.device, dtype=torch.float32)
+        if self.data.ndim != 2 or self.data.shape[0] < 1:
+            raise ValueError(f"data must be (n, d) with n >= 1, got {tuple(self.data.shape)}")
+        if int(steps) != steps or steps < 1 or int(batch) != batch or batch < 1:
+            raise ValueError(f"steps and batch must be integers >= 1, got {steps}, {batch}")
+        if not (0 <= ema < 1):
+            raise ValueError(f"ema decay must be in [0, 1), got {ema}")
+        self.total_steps, self.batch, self.lr, self.warmup = int(steps), int(batch), lr, warmup
+        self.P_mean, self.P_std, self.grad_clip = P_mean, P_std, grad_clip
+        self.sigma_data = float(model.sigma_data)
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        # decay min(ema, t / (9 + t)) at update t: the shared EMA's warm-up rule shifted by one step
+        self.ema = EMA(model, ema, warmup=1)
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+        self.checkpoint = Path(checkpoint) if checkpoint is not None else None
+        self.checkpoint_every = checkpoint_every if self.checkpoint is not None else 0
+        self.progress, self.desc, self.leave_bar = progress, desc or self.config.variant, False
+        self.step_count = 0
+        if self.checkpoint is not None and fresh:
+            self.checkpoint.unlink(missing_ok=True)
+        if self.checkpoint is not None and self.checkpoint.is_file():
+            self.load_state_dict(load_checkpoint(self.checkpoint, map_location=self.device))
+        self.model.train()
+        self._t0 = time.perf_counter()
+
+    def step(self) -> dict:
+        t = self.step_count
+        lr = lr_at(t, self.total_steps, self.lr, self.warmup)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        g = self.generator
+        x0 = self.data[torch.randint(self.data.shape[0], (self.batch,), generator=g, device=self.device)]  # (B, d)
+        loss, parts = at_dm_loss(self.model, x0, self.config, self.sigma_data, P_mean=self.P_mean,
+                                 P_std=self.P_std, generator=g)
+        state = self.reduce(parts)
+        self.check_finite(state, lr, "Lower the learning rate.", self.checkpoint)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        self.optimizer.step()
+        self.ema.update(self.model)
+        self.step_count += 1
+        state.update(step=self.step_count, lr=lr, seconds=time.perf_counter() - self._t0,
+                     model=self.model, ema=self.ema.module)
+        return state
+
+    def postfix(self, state: dict):
+        return {"loss": f"{state['loss']:.4f}"} if (state["step"] - 1) % 50 == 0 else None
+
+    def state_dict(self) -> dict:
+        return {"format": CHECKPOINT_FORMAT, "model": self.model.state_dict(), "ema": self.ema.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "step": self.step_count,
+                "generator": self.generator.get_state(), "config": self.config.as_dict()}
+
+    def load_state_dict(self, ck: dict) -> None:
+        check_resumable(ck, self.checkpoint, format=CHECKPOINT_FORMAT, what="toy training",
+                        saved=ck.get("config", {}) if isinstance(ck, dict) else {},
+                        now=self.config.as_dict(), may_change=())
+        self.model.load_state_dict(ck["model"])
+        self.ema.load_state_dict(ck["ema"])
+        self.optimizer.load_state_dict(ck["optimizer"])
+        self.generator.set_state(ck["generator"].cpu())
+        self.step_count = int(ck["step"])
+
+    def save(self) -> None:
+        if self.checkpoint is not None:
+            atomic_save(self.state_dict(), self.checkpoint)
+
+    def finish(self) -> None:
+        self.model.eval()
 
 
 def train_toy(model: nn.Module, data: Tensor, config: ATConfig | None = None, steps: int = 3000,
               batch: int = 512, lr: float = 2e-3, warmup: int = 100, ema: float = 0.999,
               P_mean: float = -1.2, P_std: float = 1.2, grad_clip: float = 1.0, seed: int = 0,
               progress: bool = False, checkpoint: str | Path | None = None,
-              checkpoint_every: int = 0, desc: str | None = None, device=None):
+              checkpoint_every: int = 0, desc: str | None = None, device=None, fresh: bool = False):
     """Train `model` (a denoiser `D(x, sigma)` with a `sigma_data` attribute) on `data` (n, d).
 
     Yields after every step a dict: `step` (1-based), `loss`, `loss_dsm`, `loss_at`, `r_mean`
@@ -69,74 +155,21 @@ def train_toy(model: nn.Module, data: Tensor, config: ATConfig | None = None, st
         batch: minibatch size (drawn with replacement, so tiny training sets work).
         ema: EMA decay of the weights. P_mean, P_std: the training noise distribution.
         checkpoint: a file to resume from if present, and to write every `checkpoint_every`
-            steps and at the end (model, EMA, optimizer, step, generator state).
+            steps and at the end (model, EMA, optimizer, step, generator state); a checkpoint of
+            another loss is refused. fresh: remove it first and start over.
         device: where to train (default: where the model's parameters are). The data, the model
             and the one generator everything random is drawn from live there, so a CUDA run is
             reproducible by itself; on CPU the numbers do not depend on this argument.
     """
-    config = config or ATConfig("standard")
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    model.to(device)
-    data = torch.as_tensor(data).to(device=device, dtype=torch.float32)
-    if data.ndim != 2 or data.shape[0] < 1:
-        raise ValueError(f"data must be (n, d) with n >= 1, got {tuple(data.shape)}")
-    if int(steps) != steps or steps < 1 or int(batch) != batch or batch < 1:
-        raise ValueError(f"steps and batch must be integers >= 1, got {steps}, {batch}")
-    if not (0 <= ema < 1):
-        raise ValueError(f"ema decay must be in [0, 1), got {ema}")
-    sd = float(model.sigma_data)
-    g = torch.Generator(device=device).manual_seed(seed)
-    ema_model = copy.deepcopy(model).requires_grad_(False)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    start = 0
-    if checkpoint is not None and Path(checkpoint).is_file():
-        ck = load_checkpoint(checkpoint, map_location=device)
-        model.load_state_dict(ck["model"]), ema_model.load_state_dict(ck["ema"])
-        opt.load_state_dict(ck["opt"]), g.set_state(ck["generator"].cpu())
-        start = int(ck["step"])
-
-    def save(step):
-        atomic_save({"model": model.state_dict(), "ema": ema_model.state_dict(),
-                     "opt": opt.state_dict(), "step": step, "generator": g.get_state(),
-                     "config": config.as_dict()}, checkpoint)
-
-    from tqdm.auto import tqdm
-    bar = tqdm(total=steps, initial=start, desc=desc or config.variant, disable=not progress,
-               leave=False)
-    t0 = time.perf_counter()
-    if start >= steps:      # resumed at the end: yield the final state once
-        bar.close()
-        model.eval(), ema_model.eval()
-        yield {"step": start, "loss": math.nan, "loss_dsm": math.nan, "loss_at": math.nan,
-               "r_mean": math.nan, "lr": 0.0, "seconds": 0.0, "model": model, "ema": ema_model}
+    trainer = ToyTrainer(model, data, config, steps, batch, lr, warmup, ema, P_mean, P_std, grad_clip, seed,
+                         progress, checkpoint, checkpoint_every, desc, device, fresh)
+    if trainer.step_count >= trainer.total_steps:      # resumed at the end: the final state, once
+        trainer.finish()
+        nan = math.nan
+        yield {"step": trainer.step_count, "loss": nan, "loss_dsm": nan, "loss_at": nan, "r_mean": nan,
+               "lr": 0.0, "seconds": 0.0, "model": trainer.model, "ema": trainer.ema.module}
         return
-    model.train()
-    for step in range(start, steps):
-        lr_t = lr_at(step, steps, lr, warmup)
-        for group in opt.param_groups:
-            group["lr"] = lr_t
-        x0 = data[torch.randint(data.shape[0], (batch,), generator=g, device=device)]   # (B, d)
-        loss, parts = at_dm_loss(model, x0, config, sd, P_mean=P_mean, P_std=P_std, generator=g)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if grad_clip > 0:
-            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        opt.step()
-        ema_update(ema_model, model, min(ema, (1 + step) / (10 + step)))
-        if checkpoint is not None and checkpoint_every and (step + 1) % checkpoint_every == 0:
-            save(step + 1)
-        state = {k: float(v) for k, v in parts.items()}
-        state.update(step=step + 1, lr=lr_t, seconds=time.perf_counter() - t0,
-                     model=model, ema=ema_model)
-        bar.update(1)
-        if step % 50 == 0:
-            bar.set_postfix(loss=f"{state['loss']:.4f}")
-        yield state
-    bar.close()
-    if checkpoint is not None:
-        save(steps)
-    model.eval()
-    ema_model.eval()
+    yield from trainer.run()
 
 
 def fit_toy(model: nn.Module, data: Tensor, config: ATConfig | None = None, log_every: int = 50,
@@ -155,4 +188,4 @@ def fit_toy(model: nn.Module, data: Tensor, config: ATConfig | None = None, log_
     return state["ema"], history
 
 
-__all__ = ["train_toy", "fit_toy", "make_toy_model", "lr_at", "ema_update"]
+__all__ = ["ToyTrainer", "train_toy", "fit_toy", "make_toy_model", "lr_at"]

@@ -1,7 +1,11 @@
-"""Plots for robust classifiers (notebooks 05 and 07): image grids, adversarial examples and their
+"""Plots for robust classifiers (notebooks 05-08): image grids, adversarial examples and their
 perturbations, training curves that redraw while :class:`~dmat_core.robust.train.ATTrainer` runs (or
 are read back from its ``log.csv`` / ``val.csv``), AutoAttack's per-attack breakdown, robust
-accuracy against the budget, and the decision regions of 2D toy classifiers."""
+accuracy against the budget, and the decision regions of 2D toy classifiers.
+
+Size: one module of about 350 lines on purpose: many small plotting functions that do not depend on
+each other, for the classifier notebooks.
+"""
 from __future__ import annotations
 
 import csv
