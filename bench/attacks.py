@@ -32,10 +32,10 @@ from pathlib import Path
 import torch
 
 from dmat_core.images import data
-from dmat_core.robust.config import make_config
-from dmat_core.robust.train import ATTrainer
 from dmat_core.robust.attacks import pgd
 from dmat_core.robust.classifiers import PreActResNet18
+from dmat_core.robust.config import make_config
+from dmat_core.robust.train import ATTrainer
 
 EPS, ALPHA, STEPS = 8 / 255, 2 / 255, 10
 

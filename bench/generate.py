@@ -31,8 +31,8 @@ from pathlib import Path
 import torch
 
 from dmat_core.common.checkpoint import atomic_write_text
-from dmat_core.images.generate import sample_images
 from dmat_core.diffusion.samplers import latent_noise, nfe
+from dmat_core.images.generate import sample_images
 from dmat_core.images.unet import build_image_denoiser
 
 SECTION = "## `bench/generate.py`: class-conditional generation, images/s and sampler overhead"

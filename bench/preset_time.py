@@ -33,10 +33,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from dmat_core.robust.config import make_config  # noqa: E402
-from dmat_core.robust.train import ATTrainer  # noqa: E402
 from dmat_core.images.dm_config import make_dm_config  # noqa: E402
 from dmat_core.images.dm_train import DMTrainer  # noqa: E402
+from dmat_core.robust.config import make_config  # noqa: E402
+from dmat_core.robust.train import ATTrainer  # noqa: E402
 
 # What the preset notes (dmat_core.robust.config.PRESET_NOTES,
 # dmat_core.images.dm_config.DM_PRESET_NOTES) promise, in seconds.

@@ -45,11 +45,11 @@ from pathlib import Path
 
 import torch
 
-from dmat_core.toys.metrics import sample_metrics
 from dmat_core.diffusion.samplers import latent_noise, run
+from dmat_core.toys.metrics import sample_metrics
+from dmat_core.toys.mixtures import make_distribution
 from dmat_core.toys.nets import data_std
 from dmat_core.toys.train import make_toy_model, train_toy
-from dmat_core.toys.mixtures import make_distribution
 
 SW2_FACTOR, NLL_TOL = 2.0, 0.2
 SD_HIDDEN = (16, 128, 256, 256, 128, 16)        # ~136k parameters, as dmat's width 128 depth 3
@@ -87,8 +87,8 @@ class SmallDiffusionArm:
 
     def __init__(self, x_train, batch, steps, seed):
         from accelerate import Accelerator
-        from torch.utils.data import DataLoader
         from smalldiffusion import ScheduleLogLinear, TimeInputMLP, training_loop
+        from torch.utils.data import DataLoader
         torch.manual_seed(seed)
         self.model = TimeInputMLP(dim=2, hidden_dims=SD_HIDDEN)
         self.schedule = ScheduleLogLinear(N=200, sigma_min=0.005, sigma_max=10)

@@ -23,9 +23,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dmat_core.common.train_utils import param_groups
 from dmat_core.robust.config import make_config
 from dmat_core.robust.train import ATTrainer
-from dmat_core.common.train_utils import param_groups
 
 
 def sync():

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from dmat_core.cli.main import build_parser
+from dmat_core.robust.optimum2d import bayes_classifier
 from dmat_core.studies import at_classifier_study as study
 from dmat_core.studies.at_classifier_report import markdown_table
 from dmat_core.studies.at_classifier_setup import class_mixture, make_dist
-from dmat_core.robust.optimum2d import bayes_classifier
 
 
 def test_quick_study_writes_valid_results_table_and_figure(tmp_path):

@@ -6,9 +6,9 @@ import json
 import pytest
 import torch
 
-from dmat_core.toys.corruption import corrupt, data_extent
 from dmat_core.studies import at_dm_setup
 from dmat_core.studies import at_dm_study as study
+from dmat_core.toys.corruption import corrupt, data_extent
 from dmat_core.toys.mixtures import plane3d, ring8
 
 

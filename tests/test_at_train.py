@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 import torch
 
+from dmat_core.common.checkpoint import load_checkpoint
+from dmat_core.common.train_utils import EMA, one_cycle_cosine, param_groups
 from dmat_core.images import data
 from dmat_core.robust.config import PRESETS, TrainATConfig, make_config
 from dmat_core.robust.evaluate import load_trained_classifier
 from dmat_core.robust.train import ATTrainer, NonFiniteLossError, finished_result, train_at
-from dmat_core.common.checkpoint import load_checkpoint
-from dmat_core.common.train_utils import EMA, one_cycle_cosine, param_groups
 
 N_STEPS = 12
 
@@ -365,9 +365,9 @@ def test_presets_are_valid():
 def test_fp16_attack_view_changes_no_step():
     """Under fp16 the attack sees the model through _AttackView (input gradients x 256, so they do
     not underflow): a power-of-two scale leaves every sign, hence every attack step, unchanged."""
-    from dmat_core.robust.train import _AttackView
-    from dmat_core.robust.trades import trades_inner
     from dmat_core.robust.classifiers import SmallCNN
+    from dmat_core.robust.trades import trades_inner
+    from dmat_core.robust.train import _AttackView
     torch.manual_seed(0)
     model, x = SmallCNN(width=4).train(), torch.rand(8, 3, 32, 32)
     runs = []

@@ -7,10 +7,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from dmat_core.robust.attacks import attack_objective, fgsm, pgd
+from dmat_core.robust.classifiers import SmallCNN, ToyMLP
 from dmat_core.robust.pgd_at import pgd_at_loss
 from dmat_core.robust.threat import linf_bounds, project
 from dmat_core.robust.trades import trades_inner, trades_kl, trades_loss
-from dmat_core.robust.classifiers import SmallCNN, ToyMLP
 
 EPS_TOY = 0.15
 

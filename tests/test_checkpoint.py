@@ -115,6 +115,7 @@ def test_rng_state_generators_by_position_and_missing_name():
 
 def test_atomic_files_get_the_usual_permissions(tmp_path):
     import os
+
     from dmat_core.common.checkpoint import atomic_write_text
     atomic_write_text(tmp_path / "a.txt", "x")
     mask = os.umask(0)

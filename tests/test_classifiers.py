@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from dmat_core.robust.classifiers import (CIFAR10_MEAN, CIFAR10_STD, CheckpointMismatchError, PreActResNet18,
-    SmallCNN, ToyMLP, WideResNet, build_classifier, load_published_checkpoint)
+                                          SmallCNN, ToyMLP, WideResNet, build_classifier,
+                                          load_published_checkpoint)
 
 KEY = re.compile(r"^(init_conv|layer\.[012]\.block\.\d+\.(batchnorm_[01]|conv_[01]|shortcut)|batchnorm|logits)"
                  r"\.(weight|bias|running_mean|running_var|num_batches_tracked)$")

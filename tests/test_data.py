@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dmat_core.images import data
 from dmat_core.common.safe_pickle import safe_load_pickle
+from dmat_core.images import data
 
 
 def _listing(directory):

@@ -14,14 +14,13 @@ import subprocess
 import sys
 import time
 
-
 import pytest
 import torch
 
+from dmat_core.common.checkpoint import load_checkpoint
 from dmat_core.images import data
 from dmat_core.robust.config import TrainATConfig
 from dmat_core.robust.train import train_at
-from dmat_core.common.checkpoint import load_checkpoint
 
 TOL = 1e-5  # float32 summation order (per-rank means then an average, vs one mean)
 

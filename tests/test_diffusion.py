@@ -4,7 +4,8 @@ import math
 import torch
 
 from dmat_core.diffusion.edm import (EDMPrecond, alpha_bar_from_sigma, ddpm_alphas_bar, eps_from_x0,
-    pf_ode_velocity, score_from_x0, sigma_from_alpha_bar, x0_from_eps, x0_from_score)
+                                     pf_ode_velocity, score_from_x0, sigma_from_alpha_bar, x0_from_eps,
+                                     x0_from_score)
 from dmat_core.toys.mixtures import GaussianMixture
 
 

@@ -6,12 +6,13 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from dmat_core.toys.corruption import corrupt
 from dmat_core.diffusion.edm import CountingDenoiser
 from dmat_core.diffusion.losses import (ATConfig, at_budget, at_dm_loss, cost_table, denoising_loss,
-    equivariance_loss, eps_weight, fgsm_perturbation, prediction_gap, random_perturbation)
-from dmat_core.toys.nets import ToyDenoiserMLP
+                                        eps_weight, equivariance_loss, fgsm_perturbation, prediction_gap,
+                                        random_perturbation)
+from dmat_core.toys.corruption import corrupt
 from dmat_core.toys.mixtures import GaussianMixture, plane3d, ring8
+from dmat_core.toys.nets import ToyDenoiserMLP
 
 f64 = torch.float64
 

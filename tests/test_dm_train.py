@@ -14,9 +14,9 @@ import torch
 from dmat_core.cli import main as cli
 from dmat_core.common.checkpoint import load_checkpoint
 from dmat_core.common.training import RunMismatchError
+from dmat_core.diffusion.losses import VARIANTS, ATConfig, equivariance_loss, fgsm_perturbation
 from dmat_core.images.cifar import write_tiny_cifar
 from dmat_core.images.dm_config import make_dm_config
-from dmat_core.diffusion.losses import VARIANTS, ATConfig, equivariance_loss, fgsm_perturbation
 from dmat_core.images.dm_train import DMTrainer, image_dm_loss, train_dm
 from dmat_core.images.pixels import corrupt_images
 from dmat_core.images.unet import build_image_denoiser, load_image_denoiser

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from dmat_core.diffusion.flow import deviation, trajectory_attack
-from dmat_core.images.trajectory import trajectory_attack_report
 from dmat_core.diffusion.samplers import latent_noise, run
+from dmat_core.images.trajectory import trajectory_attack_report
 from dmat_core.images.unet import build_image_denoiser
 
 STEPS, K_STEP, BUDGET = 4, 2, 0.3

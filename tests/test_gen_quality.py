@@ -9,12 +9,12 @@ import pytest
 import torch
 from torch import nn
 
-from dmat_core.robust.classifiers import SmallCNN
 from dmat_core.cli.main import main
-from dmat_core.images.quality import (class_balance, class_probabilities, fid_score, filter_generated,
-    open_generated, quality_report, top_fraction_per_class)
 from dmat_core.images.gendata import load_generated, save_generated
+from dmat_core.images.quality import (class_balance, class_probabilities, fid_score, filter_generated,
+                                      open_generated, quality_report, top_fraction_per_class)
 from dmat_core.images.unet import build_image_denoiser, save_image_denoiser
+from dmat_core.robust.classifiers import SmallCNN
 
 K = 10
 

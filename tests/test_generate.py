@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from dmat_core.cli.main import main
+from dmat_core.diffusion.samplers import latent_noise, run
 from dmat_core.images.gendata import load_generated
 from dmat_core.images.generate import (MANIFEST, class_labels, generate, generate_shards, make_shard,
-    shard_name, shard_seed, weights_sha256)
+                                       shard_name, shard_seed, weights_sha256)
 from dmat_core.images.pixels import model_to_image
-from dmat_core.diffusion.samplers import latent_noise, run
 from dmat_core.images.unet import build_image_denoiser, load_image_denoiser, save_image_denoiser
 
 K = 4

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from dmat_core.toys.metrics import (manifold_residual, mmd_rbf, mode_stats, nll, sample_metrics, score_error,
-    sliced_w2, sw2_noise_floor)
+                                    sliced_w2, sw2_noise_floor)
 from dmat_core.toys.mixtures import make_distribution
 
 

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from dmat_core.robust.autoattack import (GradientMaskingWarning, autoattack_eval, check_model_contract,
-    clean_accuracy, pgd_accuracy)
+                                         clean_accuracy, pgd_accuracy)
 
 EPS = 0.01
 

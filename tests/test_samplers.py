@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from dmat_core.diffusion.edm import (CountingDenoiser, alpha_bar_from_sigma, ddpm_alphas_bar, edm_sigmas,
-    sigma_from_alpha_bar)
-from dmat_core.toys.metrics import manifold_residual, sample_metrics
+                                     sigma_from_alpha_bar)
 from dmat_core.diffusion.samplers import ddpm_timesteps, edm_heun, latent_noise, nfe, run
+from dmat_core.toys.metrics import manifold_residual, sample_metrics
 from dmat_core.toys.mixtures import GaussianMixture, make_distribution
 
 N = 10_000

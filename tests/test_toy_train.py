@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from dmat_core.diffusion.losses import ATConfig
-from dmat_core.toys.metrics import sample_metrics
 from dmat_core.diffusion.samplers import latent_noise, run
+from dmat_core.toys.metrics import sample_metrics
+from dmat_core.toys.mixtures import ring8, subspace
 from dmat_core.toys.nets import ToyDenoiserMLP, data_std
 from dmat_core.toys.train import fit_toy, lr_at, make_toy_model, train_toy
-from dmat_core.toys.mixtures import ring8, subspace
 
 
 def test_untrained_denoiser_is_c_skip_x_in_any_dimension():

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from dmat_core.toys.mixtures import GaussianMixture, PRESETS, make_distribution
+from dmat_core.toys.mixtures import PRESETS, GaussianMixture, make_distribution
 
 SIGMAS = [1e-3, 0.05, 0.3, 1.0, 7.0, 100.0]
 SMALL = {"ring8": {}, "grid25": {}, "plane3d": {}, "subspace": {"d": 64, "k": 4},

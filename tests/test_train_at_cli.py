@@ -4,8 +4,8 @@ import json
 import pytest
 import torch
 
-from dmat_core.images import data
 from dmat_core.cli.main import main
+from dmat_core.images import data
 from dmat_core.robust.classifiers import WideResNet
 from dmat_core.robust.evaluate import evaluate
 

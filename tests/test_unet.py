@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from dmat_core.diffusion import samplers
 from dmat_core.common.checkpoint import atomic_save
+from dmat_core.diffusion import samplers
 from dmat_core.diffusion.edm import CountingDenoiser, edm_sigmas
 from dmat_core.images.unet import (UNET_SIZES, build_image_denoiser, denoiser_arch, image_to_model,
-    load_image_denoiser, model_to_image, save_image_denoiser)
+                                   load_image_denoiser, model_to_image, save_image_denoiser)
 
 PARAMS = {"tiny": 49_779, "small": 7_000_899, "large": 57_644_803}
 

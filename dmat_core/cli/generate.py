@@ -51,9 +51,9 @@ def _refuse_existing(path, overwrite: bool, flag: str) -> None:
 
 # ----------------------------------------------------------------------------- generate
 def _generate_main(a: argparse.Namespace) -> int:
-    from ..images.quality import filter_generated, open_generated
-    from ..images.generate import generate, shard_paths
     from ..common.train_utils import dist_info
+    from ..images.generate import generate, shard_paths
+    from ..images.quality import filter_generated, open_generated
 
     if a.filter_classifier and not a.filtered:
         raise ValueError("--filter-classifier needs --filtered OUT.npz (where the kept images go)")
@@ -155,6 +155,7 @@ def _add_filter(sub) -> None:
 def _reference(a):
     """uint8 reference images for FID: a generated set, or CIFAR (train split by default)."""
     import numpy as np
+
     from ..images.data import load_cifar
     from ..images.quality import open_generated
     path = Path(a.reference)
@@ -177,6 +178,7 @@ def _first(parts, n: int):
 
 def _quality_main(a: argparse.Namespace) -> int:
     import numpy as np
+
     from ..common.checkpoint import atomic_write_text
     from ..images.quality import class_balance, class_probabilities, fid_score, open_generated, quality_report
 

@@ -24,10 +24,8 @@ import torch
 
 from ..common.settings import parse_eps, resolve_device
 from ..robust.config import PRESET_NOTES, PRESETS, make_config
-
 from ..robust.evaluate import ATTACKS
 from .settings import add_run_args, config_from_args, print_result, training_parser
-
 
 # ----------------------------------------------------------------------------- train-at
 

@@ -37,16 +37,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..diffusion import samplers
 from ..common.checkpoint import atomic_save, atomic_write_text, load_checkpoint, rng_state, set_rng_state
-from .cifar import load_training_set
-from ..diffusion.edm import edm_training_sigmas
 from ..common.settings import resolve_device
-from .dm_config import TrainDMConfig, make_dm_config
-from ..diffusion.losses import at_dm_loss
-from .pixels import corrupt_images, image_grid, image_to_model, model_to_image, save_png
 from ..common.train_utils import EMA, CSVLog, derived_seed, dist_info, process_group, unwrap
 from ..common.training import NonFiniteLossError, Trainer, check_resumable, prepare_out_dir
+from ..diffusion import samplers
+from ..diffusion.edm import edm_training_sigmas
+from ..diffusion.losses import at_dm_loss
+from .cifar import load_training_set
+from .dm_config import TrainDMConfig, make_dm_config
+from .pixels import corrupt_images, image_grid, image_to_model, model_to_image, save_png
 from .unet import DM_CHECKPOINT_FORMAT, build_image_denoiser, denoiser_arch, save_image_denoiser
 
 __all__ = ["DMTrainer", "train_dm", "image_dm_loss", "NonFiniteLossError"]

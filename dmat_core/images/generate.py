@@ -45,10 +45,10 @@ import torch.distributed as dist
 
 from .. import __version__
 from ..common.checkpoint import atomic_write_text
+from ..common.train_utils import all_reduce_sum, dist_info
+from ..diffusion.samplers import SAMPLERS, latent_noise, nfe, run, sampler_iter
 from .gendata import IMAGE_SHAPE, merge_generated, save_generated
 from .pixels import model_to_image
-from ..diffusion.samplers import SAMPLERS, latent_noise, nfe, run, sampler_iter
-from ..common.train_utils import all_reduce_sum, dist_info
 
 __all__ = ["GENERATE_FORMAT", "MANIFEST", "shard_name", "shard_seed", "class_labels",
            "weights_sha256", "make_manifest", "check_output_dir", "make_shard", "sample_images",

@@ -18,8 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .threat import (Clip, ascend, ascent_direction, attack_mode, check_attack_inputs, check_labels,
-    labels_checked_on_first_call, linf_bounds, project, sample_ball)
-
+                     labels_checked_on_first_call, linf_bounds, project, sample_ball)
 
 # ----------------------------------------------------------------------------- objectives
 

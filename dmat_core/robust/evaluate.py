@@ -14,10 +14,10 @@ from typing import Optional
 
 import torch
 
-from .train import CHECKPOINT_FORMAT, WEIGHTS_FORMAT
 from ..common.checkpoint import load_checkpoint
-from .classifiers import build_classifier, load_published_checkpoint
 from ..common.train_utils import strip_batchnorm
+from .classifiers import build_classifier, load_published_checkpoint
+from .train import CHECKPOINT_FORMAT, WEIGHTS_FORMAT
 
 __all__ = ["ATTACKS", "load_trained_classifier", "evaluate"]
 
@@ -76,8 +76,8 @@ def evaluate(model, x: torch.Tensor, y: torch.Tensor, *, attacks=ATTACKS, eps: f
 
     ``x``: float (N, 3, H, W) in [0, 1]; ``y``: (N,) labels. Returns a JSON-ready dict.
     """
-    from .threat import attack_mode, check_attack_inputs, check_labels
     from .autoattack import autoattack_eval, clean_accuracy, pgd_accuracy
+    from .threat import attack_mode, check_attack_inputs, check_labels
 
     check_attack_inputs(x, y, eps, norm, (0.0, 1.0))
     with torch.no_grad(), attack_mode(model):  # eval mode: BN statistics untouched

@@ -43,9 +43,9 @@ import time
 import numpy as np
 import torch
 
-from .optimum2d import (_SCALE, _grid_conflicts, _independent_set, _light_cells, _vec_norm,
-    class_cell_masses, conflict_offsets)
 from .exact2d import _check, _split_chunks
+from .optimum2d import (_SCALE, _grid_conflicts, _independent_set, _light_cells, _vec_norm, class_cell_masses,
+                        conflict_offsets)
 
 __all__ = ["multiclass_robust_accuracy", "optimal_robust_accuracy_discrete_multiclass",
            "lp_relaxation", "lp_relaxation_highs", "independent_set_ilp", "greedy_independent_set",

@@ -57,8 +57,8 @@ from ..common.train_utils import (EMA, CSVLog, all_reduce_sum, bn_momentum, deri
                                   one_cycle_cosine, param_groups, process_group, strip_batchnorm, unwrap)
 from ..common.training import NonFiniteLossError, RunMismatchError, Trainer, check_resumable, prepare_out_dir
 from ..images.cifar import load_training_set
-from ..images.data import (MixedBatchSampler, augment_crop_flip, gather_mixed, load_generated, split_validation,
-                           to_tensor_images, validate_generated)
+from ..images.data import (MixedBatchSampler, augment_crop_flip, gather_mixed, load_generated,
+                           split_validation, to_tensor_images, validate_generated)
 from .attacks import pgd
 from .classifiers import build_classifier, load_published_checkpoint
 from .config import TrainATConfig, make_config

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..robust.optimum2d import bayes_classifier
 from ..robust.exact2d import margin
+from ..robust.optimum2d import bayes_classifier
 from .at_classifier_setup import COLOURS, VARIANT_NAMES, VARIANTS, class_mixture, make_dist
 
 # per class: what its density subtracts from white (class 0 red, 1 blue, 2 green, ...)

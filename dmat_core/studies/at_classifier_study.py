@@ -42,19 +42,19 @@ from pathlib import Path
 
 import torch
 
+from ..common.checkpoint import atomic_write_text
 from ..common.train_utils import torch_threads
+from ..diffusion.samplers import latent_noise, run
+from ..robust.classifiers import ToyMLP
+from ..robust.exact2d import exact_robust_accuracy, pgd_agreement
+from ..robust.optimum2d import bayes_classifier, bayes_robust_accuracy
+from ..robust.optimum2d_multiclass import multiclass_robust_accuracy
 from ..robust.pgd_at import pgd_at
 from ..robust.trades import trades
-from ..common.checkpoint import atomic_write_text
-from ..robust.classifiers import ToyMLP
-from ..diffusion.samplers import latent_noise, run
 from ..toys.nets import data_std
-from ..robust.optimum2d import bayes_classifier, bayes_robust_accuracy
-from ..robust.exact2d import exact_robust_accuracy, pgd_agreement
-from ..robust.optimum2d_multiclass import multiclass_robust_accuracy
 from ..toys.train import lr_at, make_toy_model, train_toy
 from .at_classifier_report import (_lim, _view, claim_check, markdown_table, paired_differences,
-    plot_boundaries, summarize)
+                                   plot_boundaries, summarize)
 # (VARIANT_NAMES is not used here: notebook 05 reads it as `study.VARIANT_NAMES`)
 from .at_classifier_setup import VARIANT_NAMES, VARIANTS, class_mixture, make_dist  # noqa: F401
 

@@ -212,6 +212,7 @@ def record_tuning(run_dirs, out: str | Path) -> str:
     """Copy the compact results of each study folder into `out`/<folder name>.json and write
     `out`/README.md with :func:`tuning_table` over everything recorded there."""
     import json
+
     from ..common.checkpoint import atomic_write_text
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -275,6 +276,7 @@ if __name__ == "__main__":
     # python -m dmat_core.studies.at_dm_report summary results/at_dm
     # python -m dmat_core.studies.at_dm_report tuning results/at_dm/tuning RUN_DIR...
     import sys
+
     from ..common.checkpoint import atomic_write_text
     cmd, out, *dirs = sys.argv[1:]
     if cmd == "summary":

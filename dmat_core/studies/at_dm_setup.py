@@ -14,8 +14,8 @@ import functools
 
 import torch
 
-from ..toys.corruption import corrupt
 from ..diffusion.losses import VARIANTS
+from ..toys.corruption import corrupt
 from ..toys.mixtures import make_distribution
 
 # Sizes: `full` is what results/at_dm holds; `quick` is for tests and notebooks (seconds).

@@ -29,16 +29,16 @@ import torch
 
 from ..common.checkpoint import atomic_savez, atomic_write_text
 from ..common.train_utils import torch_threads
-from ..toys.corruption import corrupted_distribution
 from ..diffusion.edm import edm_sigmas
-from ..diffusion.losses import ATConfig, cost_table
 from ..diffusion.flow import trajectory_attack, trajectory_stats
-from ..toys.metrics import sample_metrics, score_error
+from ..diffusion.losses import ATConfig, cost_table
 from ..diffusion.samplers import latent_noise, run
-from ..toys.nets import data_std
-from ..toys.train import fit_toy, make_toy_model, train_toy
-from ..toys.smoothness import jacobian_frobenius, memorization_rate
+from ..toys.corruption import corrupted_distribution
+from ..toys.metrics import sample_metrics, score_error
 from ..toys.mixtures import GaussianMixture, make_distribution
+from ..toys.nets import data_std
+from ..toys.smoothness import jacobian_frobenius, memorization_rate
+from ..toys.train import fit_toy, make_toy_model, train_toy
 from .at_dm_report import markdown_table, plot_study, summarize
 from .at_dm_setup import ARMS, DEFAULT_ARMS, PRESETS, project_2d, study_config, training_set
 

@@ -18,8 +18,8 @@ import torch
 
 from ..common.checkpoint import atomic_write_text
 from ..diffusion.edm import CountingDenoiser
-from ..toys.metrics import sample_metrics
 from ..diffusion.samplers import latent_noise, run
+from ..toys.metrics import sample_metrics
 from ..toys.mixtures import make_distribution
 
 # (sampler, steps, extra keyword arguments): the rows of the demo table

@@ -117,6 +117,7 @@ def flow_comparison(denoisers: dict, dist, sigma: float, lim: float = 3.0, n_arr
     (the identity scores log10 sqrt(2) = 0.15, a constant map -inf). Returns the figure.
     """
     import matplotlib.pyplot as plt
+
     from ..diffusion.edm import edm_sigmas
     from ..diffusion.samplers import edm_heun
 
