@@ -4,6 +4,7 @@
 preconditioning and the noise embedding), ``samplers`` (DDPM ancestral, DDIM, EDM Euler and
 Heun over one denoiser ``D(x, sigma, labels=None)``), ``losses`` (the denoising loss and
 *adversarial training for diffusion models*: random, adversarial, invariance -- Briglia et al.),
-``flow`` (Jacobian norms, trajectory statistics, attacks on the sampling trajectory).
+``flow`` (Jacobian norms, trajectory statistics, attacks on the sampling trajectory),
+``likelihood`` (the exact log-likelihood of any denoiser through the probability-flow ODE).
 Toys and images both build on this layer.
 """

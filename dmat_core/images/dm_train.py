@@ -11,7 +11,7 @@ One step: the global batch of the (once-corrupted, docs/science.md section 3) tr
 at random, with sigma (ln sigma ~ N(P_mean, P_std^2)) and noise drawn for the whole global batch;
 each DDP rank takes its slice and minimises the EDM denoising loss + lambda * the AT term
 (:func:`~dmat_core.diffusion.losses.at_dm_loss`, the labels passed to D) with Adam (linear warm-up, then
-constant, as EDM), gradient clipping and an EMA of the weights (:class:`~train_utils.EMA`).
+constant, as EDM), gradient clipping and an EMA of the weights (:class:`~dmat_core.common.train_utils.EMA`).
 
 Exact resume: every random number of step ``t`` comes from seeds that are pure functions of
 ``(seed, t)`` (batch order per epoch, flips, sigma and noise of the global batch) and

@@ -9,6 +9,14 @@ dmat_core, `D(x, sigma, labels=None)` (docs/science.md section 2):
 
 `sigma_data` is the data's own RMS standard deviation per coordinate (:func:`data_std`), so
 that `c_in x` and the training target of F have unit variance as in EDM. Notebooks 02-04 train it.
+
+**File format** of a trained toy denoiser (:func:`save_toy_denoiser`, :func:`load_toy_denoiser`;
+what `dmat toy likelihood --denoiser PATH` reads): one `torch.save` dict, written atomically and
+read back with `weights_only=True` (tensors and plain data, no code):
+
+    {"format": "dmat-toy-denoiser/1",
+     "config": {"dim": int, "sigma_data": float, "width": int, "depth": int, "emb_dim": int},
+     "state_dict": the ToyDenoiserMLP's weights}
 """
 from __future__ import annotations
 
@@ -17,6 +25,7 @@ import math
 import torch
 from torch import nn
 
+from ..common.checkpoint import atomic_save, load_checkpoint
 from ..diffusion.edm import EDMPrecond, NoiseEmbedding
 
 Tensor = torch.Tensor
@@ -99,4 +108,36 @@ def data_std(x: Tensor) -> float:
     return float(x.var(0).mean().sqrt())
 
 
-__all__ = ["ToyDenoiserMLP", "NoiseConditionedMLP", "NoiseEmbedding", "ResidualBlock", "data_std"]
+TOY_DENOISER_FORMAT = "dmat-toy-denoiser/1"
+
+
+def save_toy_denoiser(path, model: ToyDenoiserMLP) -> None:
+    """Write a :class:`ToyDenoiserMLP` (its constructor arguments and weights) to `path`, atomically."""
+    if not isinstance(model, ToyDenoiserMLP):
+        raise ValueError(f"save_toy_denoiser saves a ToyDenoiserMLP, got {type(model).__name__}")
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    atomic_save({"format": TOY_DENOISER_FORMAT, "config": dict(model.config), "state_dict": state}, path)
+
+
+def load_toy_denoiser(path, map_location="cpu") -> ToyDenoiserMLP:
+    """The :class:`ToyDenoiserMLP` that :func:`save_toy_denoiser` wrote, in eval mode.
+
+    Raises FileNotFoundError for a missing file and ValueError, naming the file, for anything
+    else: not a checkpoint, or a file of another kind (another `format` tag or none).
+    """
+    ck = load_checkpoint(path, map_location=map_location)
+    tag = ck.get("format") if isinstance(ck, dict) else None
+    if tag != TOY_DENOISER_FORMAT:
+        raise ValueError(f"{path}: not a toy denoiser file (format {tag!r}, expected "
+                         f"{TOY_DENOISER_FORMAT!r}; write one with save_toy_denoiser)")
+    try:
+        model = ToyDenoiserMLP.from_config(dict(ck["config"]))
+        model.load_state_dict(ck["state_dict"])
+    except (KeyError, TypeError, RuntimeError) as e:
+        first = (str(e).splitlines() or [""])[0]
+        raise ValueError(f"{path}: a damaged toy denoiser file ({type(e).__name__}: {first})") from e
+    return model.to(map_location).eval()
+
+
+__all__ = ["ToyDenoiserMLP", "NoiseConditionedMLP", "NoiseEmbedding", "ResidualBlock", "data_std",
+           "save_toy_denoiser", "load_toy_denoiser", "TOY_DENOISER_FORMAT"]
