@@ -6,5 +6,8 @@ outliers, and the exact mixture they come from), ``metrics`` (NLL against the en
 against its floor, MMD, mode coverage, manifold residual, score error), ``smoothness`` (the
 denoiser's Jacobian on noised true points, memorization against fresh true samples), ``nets``
 and ``train`` (a small sigma-conditioned MLP and its resumable trainer, standard or with AT for
-diffusion models). Every error measured here is exact, not estimated against a reference net.
+diffusion models), ``gaussians`` (the two-class Gaussian world of Schmidt et al., Gaussian
+generators fitted to labelled, more labelled or pseudo-labelled points, their closed-form KL and
+W2) and ``affine_dm`` (an affine denoiser for that trainer, and the exact Gaussian law of its Heun
+samples). Every error measured here is exact, not estimated against a reference net.
 """
