@@ -61,6 +61,13 @@ def paired_differences(runs: list[dict], variants, key: str = "robust_acc") -> d
     return out
 
 
+def verdict(mean: float, se: float) -> str:
+    """An ordering is called only beyond two standard errors of the paired difference."""
+    if not abs(mean) > 2 * se:
+        return "no difference shown (within 2 standard errors)"
+    return "holds, beyond 2 standard errors" if mean > 0 else "reversed, beyond 2 standard errors"
+
+
 def claim_check(runs: list[dict], summary: dict, ref: dict) -> list[str]:
     """The expected ordering (a) < (b) < (c) <= (d) <= optimal, pair by pair: the mean of the
     paired (same seed) difference, and whether it exceeds two standard errors."""
@@ -71,17 +78,38 @@ def claim_check(runs: list[dict], summary: dict, ref: dict) -> list[str]:
     for a, b in zip(chain, chain[1:]):
         d = np.array([by[(s, b)] - by[(s, a)] for s in seeds])
         se = d.std(ddof=1) / math.sqrt(len(d)) if len(d) > 1 else math.inf
-        verdict = "holds" if d.mean() > 0 else "fails"
-        sure = "beyond 2 standard errors" if abs(d.mean()) > 2 * se else "within 2 standard errors"
         lines.append(f"{VARIANT_NAMES[a]} < {VARIANT_NAMES[b]}: "
                      f"{summary[a]['robust_acc']['mean']:.4f} vs {summary[b]['robust_acc']['mean']:.4f}"
-                     f" (paired difference {d.mean():+.4f} ± {se:.4f}): {verdict}, {sure}")
+                     f" (paired difference {d.mean():+.4f} ± {se:.4f}): {verdict(d.mean(), se)}")
     top = chain[-1]
     up = ref["optimal"]["upper"]
     mt = summary[top]["robust_acc"]["mean"]
     lines.append(f"{VARIANT_NAMES[top]} <= optimal: {mt:.4f} vs at most {up:.4f} (certified): "
                  + ("holds" if mt <= up else "fails"))
     return lines
+
+
+def across_classes(named: dict) -> str:
+    """Markdown: for each step of the claimed ordering, the paired difference and its verdict in
+    every study given ({name: results dict}, e.g. K = 2 and K = 3), and "no consistent effect"
+    unless every study shows it beyond two standard errors with the same sign."""
+    chains = [[v for v in VARIANTS if v in r["summary"]] for r in named.values()]
+    chain = [v for v in chains[0] if all(v in c for c in chains)]
+    lines = ["| step of the claim | " + " | ".join(named) + " | across studies |",
+             "|---|" + "---|" * len(named) + "---|"]
+    for a, b in zip(chain, chain[1:]):
+        cells, signs = [], []
+        for r in named.values():
+            by = {(x["seed"], x["variant"]): x["metrics"]["robust_acc"] for x in r["runs"]}
+            seeds = sorted({x["seed"] for x in r["runs"]})
+            d = np.array([by[(s, b)] - by[(s, a)] for s in seeds])
+            se = d.std(ddof=1) / math.sqrt(len(d)) if len(d) > 1 else math.inf
+            cells.append(f"{d.mean():+.4f} ± {se:.4f}: {verdict(d.mean(), se).split(' (')[0].split(',')[0]}")
+            signs.append(0 if not abs(d.mean()) > 2 * se else (1 if d.mean() > 0 else -1))
+        overall = ("consistent gain" if all(x == 1 for x in signs) else
+                   "consistent loss" if all(x == -1 for x in signs) else "no consistent effect")
+        lines.append(f"| {VARIANT_NAMES[a]} < {VARIANT_NAMES[b]} | " + " | ".join(cells) + f" | {overall} |")
+    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------- table
@@ -108,7 +136,7 @@ def markdown_table(results: dict) -> str:
              f"{cfg['n_test']} test points; mean ± std over {n} seeds.", "",
              "| data for AT | clean acc | robust acc (exact) | certified lower | PGD robust acc "
              "| PGD − exact | robust acc on real train points | label agreement of extra data "
-             "| NLL of extra data | median dist. to nearest real point |",
+             "| mean -log p of extra data (not a divergence: copies score low) | median dist. to nearest real point |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for v, s in summ.items():
         lines.append(f"| {VARIANT_NAMES[v]} | {_pm(s, 'clean_acc', '.3f')} | **{_pm(s, 'robust_acc')}** "
@@ -235,3 +263,16 @@ def plot_boundaries(results: dict, views: dict, real, ref: dict, cfg: dict, out:
     fig.tight_layout()
     _save_fig(fig, out / "boundaries.png")
     plt.close(fig)
+
+
+def rerender(out) -> dict:
+    """Re-write ``table.md`` (and the derived ``claim`` of ``results.json``) of a finished study
+    from its ``results.json`` alone, without training anything; returns the results dict."""
+    import json
+    from ..common.checkpoint import atomic_write_text
+    out = Path(out)
+    results = json.loads((out / "results.json").read_text())
+    results["claim"] = claim_check(results["runs"], results["summary"], results["reference"])
+    atomic_write_text(out / "results.json", json.dumps(results, indent=1))
+    atomic_write_text(out / "table.md", markdown_table(results) + "\n")
+    return results
