@@ -151,3 +151,28 @@ def test_corrupted_distribution_is_what_corrupt_draws(name, kind, kw):
     assert min(nll, key=nll.get) == 0.2
     assert corrupted_distribution(dist, "clean") is dist
     assert corrupted_distribution(dist, "outlier") is None
+
+
+def test_summary_shows_collapse_as_collapse(tmp_path):
+    """A collapsed arm (no off-mode mass, narrow modes, far from the truth by SW2) is not a win:
+    the summary gives the truth's value as the right one and calls the collapsed arm farther than
+    standard training on the divergence and on the spread."""
+    import json
+
+    from dmat_core.studies.at_dm_report import summary_table
+    runs = []
+    for seed in range(4):
+        jitter = 0.01 * seed
+        runs.append({"seed": seed, "variant": "standard", "metrics": {
+            "off_mode_mass": 0.03 + jitter / 10, "sw2_ratio": 1.2 + jitter, "spread_ratio": 0.95 + jitter / 10}})
+        runs.append({"seed": seed, "variant": "collapsed", "metrics": {
+            "off_mode_mass": 0.0, "sw2_ratio": 4.0 + 2 * jitter, "spread_ratio": 0.3 - jitter / 10}})
+    results = {"meta": {"seeds": 4}, "summary": {"standard": {}, "collapsed": {}}, "runs": runs,
+               "reference": {"true samples": {"off_mode_mass": 0.011, "sw2_ratio": 1.0, "spread_ratio": 1.0}}}
+    (tmp_path / "clean-ring8").mkdir()
+    (tmp_path / "clean-ring8" / "results.json").write_text(json.dumps(results))
+    rows = {line.split(" | ")[1]: line for line in summary_table(tmp_path).splitlines()
+            if line.startswith("| clean-ring8")}
+    assert "| 0.011 |" in rows["off-mode mass"]
+    assert "collapsed: " in rows["SW2 / floor"] and "(farther, 4 seeds)" in rows["SW2 / floor"]
+    assert "(farther, 4 seeds)" in rows["spread"]

@@ -226,50 +226,131 @@ def record_tuning(run_dirs, out: str | Path) -> str:
 
 
 # (preset, measure key, label, better) of the cross-preset summary
-KEY_MEASURES = [("clean-ring8", "spread_ratio", "spread (1 = true)", "1"),
-                ("clean-ring8", "off_mode_mass", "off-mode mass", "low"),
-                ("inlier-ring8", "off_mode_mass", "off-mode mass", "low"),
-                ("inlier-ring8", "nll_gap", "NLL - H", "low"),
-                ("outliers-ring8", "off_mode_mass", "off-mode mass", "low"),
-                ("plane3d-offplane", "residual_rms", "residual RMS", "low"),
-                ("subspace-inlier", "residual_rms", "residual RMS", "low"),
-                ("memorization", "mem_rate", "memorization rate", "low"),
-                ("trajectory-attack", "attack2_off_mode_mass", "off-mode mass, attack 2", "low")]
+# (preset, key, label, right value). The right value is "1", "0", or "truth": the value fresh true
+# samples score (a one-sided measure such as the off-mode mass is won by collapse if read as
+# "lower is better"). Every setting is also shown by sliced W2 over its floor, a divergence
+# (1: as close as a second true sample set; collapse and memorization lose), and by the spread
+# (1: modes as wide as the truth; below 1: collapse).
+KEY_MEASURES = [("clean-ring8", "off_mode_mass", "off-mode mass", "truth"),
+                ("inlier-ring8", "nll_gap", "NLL - H", "truth"),
+                ("inlier-ring8", "off_mode_mass", "off-mode mass", "truth"),
+                ("outliers-ring8", "off_mode_mass", "off-mode mass", "truth"),
+                ("plane3d-offplane", "residual_rms", "residual RMS", "0"),
+                ("subspace-inlier", "residual_rms", "residual RMS", "0"),
+                ("memorization", "mem_rate", "memorization rate", "truth"),
+                ("trajectory-attack", "attack_damage", "SW2/floor attacked - unattacked", "0")]
+PROPER = [("sw2_ratio", "SW2 / floor", "low"), ("spread_ratio", "spread", "1")]
 REFERENCES = {"exact denoiser of the training distribution": "ideal: data distribution",
               "exact denoiser of the training set": "ideal: training set",
               "training set": "training set"}
 
 
+def _run_values(r: dict, arm: str, key: str) -> dict:
+    """{seed: value} of one measure for one arm (attack_damage derived from the attack rows)."""
+    out = {}
+    for run in r["runs"]:
+        if run["variant"] != arm:
+            continue
+        m = run["metrics"]
+        if key == "attack_damage":
+            budgets = sorted(float(k[6:].split("_")[0]) for k in m if k.startswith("attack") and k.endswith("_sw2_ratio"))
+            if not budgets:
+                continue
+            top = budgets[-1]
+            v = m[f"attack{top:g}_sw2_ratio"] - m["sw2_ratio"]
+        else:
+            v = m.get(key)
+        if v is not None:
+            out[run["seed"]] = float(v)
+    return out
+
+
+def _paired(r: dict, arm: str, base: str, key: str, right: str):
+    """Paired (same seed) difference of |value - right value| between `arm` and `base`: negative
+    means `arm` is closer to the right value. Returns (mean, standard error, n) or None."""
+    a, b = _run_values(r, arm, key), _run_values(r, base, key)
+    seeds = sorted(set(a) & set(b))
+    if len(seeds) < 2:
+        return None
+    target = _target(r, key, right)
+    d = np.array([abs(a[s] - target) - abs(b[s] - target) for s in seeds])
+    return float(d.mean()), float(d.std(ddof=1) / math.sqrt(len(d))), len(d)
+
+
+def _target(r: dict, key: str, right: str) -> float:
+    if right == "truth":
+        return float(r["reference"].get("true samples", {}).get(key, float("nan")))
+    return 0.0 if right == "low" else float(right)
+
+
 def summary_table(root: str | Path) -> str:
-    """The key measure of every preset under `root` (one study folder per preset), one row per
-    measure, mean ± std over seeds per arm, beside the ideal standard model and the data."""
+    """Per preset under `root` (one study folder per preset): its key measure beside a divergence
+    (sliced W2 over its floor) and the spread, mean ± std over seeds per arm, the right value of
+    each, the ideal standard models and the data; and, per row, the arm closest to the right value
+    against standard training, paired by seed, called only beyond two standard errors."""
     import json
     root = Path(root)
     studies = {p: json.loads((root / p / "results.json").read_text())
                for p in dict.fromkeys(k[0] for k in KEY_MEASURES) if (root / p / "results.json").is_file()}
     arms = list(dict.fromkeys(a for r in studies.values() for a in r["summary"]))
     refs = [n for n in REFERENCES if any(n in r["reference"] for r in studies.values())]
-    lines = ["| setting | measure | " + " | ".join(arms + [REFERENCES[n] for n in refs]) + " |",
-             "|---" * (2 + len(arms) + len(refs)) + "|"]
-    for preset, key, label, _ in KEY_MEASURES:
+    lines = ["| setting | measure | right value | " + " | ".join(arms + [REFERENCES[n] for n in refs])
+             + " | closest to right vs standard (paired) |", "|---" * (4 + len(arms) + len(refs)) + "|"]
+    for preset, rows in _rows_by_preset().items():
         if preset not in studies:
             continue
         r = studies[preset]
-        cells = []
-        for a in arms:
-            m = r["summary"].get(a, {}).get(key)
-            cells.append("" if m is None else f"{m['mean']:.3f} ± {m['std']:.3f}")
-        for name in refs:
-            v = r["reference"].get(name, {}).get(key)
-            cells.append("" if v is None else f"{v:.3f}")
-        lines.append(f"| {preset} | {label} | " + " | ".join(cells) + " |")
+        for key, label, right in rows:
+            if not any(_run_values(r, a, key) for a in arms):
+                continue                    # e.g. no spread for data on a plane or subspace
+            target = _target(r, key, right)
+            cells, closeness = [], {}
+            for a in arms:
+                vals = _run_values(r, a, key)
+                if not vals:
+                    cells.append("")
+                    continue
+                v = np.array(list(vals.values()))
+                cells.append(f"{v.mean():.3f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.3f}")
+                closeness[a] = abs(v.mean() - target)
+            for name in refs:
+                v = r["reference"].get(name, {}).get(key)
+                cells.append("" if v is None else f"{v:.3f}")
+            verdict = ""
+            others = {a: c for a, c in closeness.items() if a != "standard"}
+            if "standard" in closeness and others and math.isfinite(target):
+                best = min(others, key=others.get)
+                p = _paired(r, best, "standard", key, right)
+                if p is not None:
+                    mean, se, n = p
+                    call = ("closer" if mean < 0 else "farther") if abs(mean) > 2 * se else "no difference shown"
+                    verdict = f"{best}: {mean:+.3f} ± {se:.3f} ({call}, {n} seeds)"
+            shown = (f"{target:.3f}" if right == "truth" and math.isfinite(target) else
+                     "low (1 = noise floor)" if right == "low" else right)
+            lines.append(f"| {preset} | {label} | {shown} | " + " | ".join(cells) + f" | {verdict} |")
     n = {r["meta"]["seeds"] for r in studies.values()}
     lines += ["", f"Mean ± std over {'/'.join(map(str, sorted(n)))} seeds, against the clean "
-              "distribution. *ideal*: exact denoisers sampled and measured like the models: of the "
-              "distribution the (corrupted) training set is drawn from (what standard training "
-              "converges to with unlimited data), and of the training set itself (the empirical "
-              "optimum, shown for the 32-point set). Full tables: `results/at_dm/<setting>/table.md`."]
+              "distribution. *right value*: what fresh true samples score (*truth*), the ideal (1 or 0), or "
+              "*low* for a divergence; a one-sided measure read as \"lower is better\" is won by collapse, so every setting "
+              "also shows SW2 / floor (a divergence: 1 is as close as a second true sample set; collapse "
+              "and memorization lose) and the spread (1 = modes as wide as the truth; below 1 = collapse). "
+              "Last column: the arm whose mean is closest to the right value, against standard training, "
+              "paired by seed (difference of distances to the right value; negative = closer), called only "
+              "beyond 2 standard errors. *ideal*: exact denoisers sampled and measured like the models: of "
+              "the distribution the (corrupted) training set is drawn from (what standard training "
+              "converges to with unlimited data), and of the training set itself (the empirical optimum, "
+              "shown for the 32-point set). Full tables: `results/at_dm/<setting>/table.md`."]
     return "\n".join(lines)
+
+
+def _rows_by_preset() -> dict:
+    """{preset: [(key, label, right value)]}: its key measures, then SW2 / floor and the spread."""
+    rows = {}
+    for preset, key, label, right in KEY_MEASURES:
+        rows.setdefault(preset, []).append((key, label, right))
+    for preset in rows:
+        rows[preset] += PROPER
+    return rows
 
 
 if __name__ == "__main__":
