@@ -5,19 +5,16 @@ from __future__ import annotations
 
 import nbformat
 
-REPO = "dmat-project/dmat"
+from notebook_header import badge_line, install_cell, repository_url   # tools/ is on sys.path
 
 
-def header(path: str, title: str, intro: str) -> list[tuple[str, str]]:
-    """Badge row + title, the Colab install cell (torch never pinned), and the set-up cell."""
-    badge = (f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]"
-             f"(https://colab.research.google.com/github/{REPO}/blob/main/{path})")
+def header(path: str, title: str, intro: str, fid: bool = False) -> list[tuple[str, str]]:
+    """Badge row + title, and the Colab install cell (tools/notebook_header.py makes both from the
+    Repository URL in pyproject.toml, and rewrites them in place later)."""
+    url = repository_url()
     return [
-        ("md", f"{badge}\n\n# {title}\n\n{intro}"),
-        ("code", "# On Colab, install dmat (torch and torchvision come with Colab and are not pinned).\n"
-                 "import sys\n"
-                 "if 'google.colab' in sys.modules:\n"
-                 f"    %pip install -q 'dmat[notebooks] @ git+https://github.com/{REPO}'"),
+        ("md", f"{badge_line(path.rsplit('/', 1)[-1], url)}\n\n# {title}\n\n{intro}"),
+        ("code", install_cell(url, fid)),
     ]
 
 

@@ -70,14 +70,21 @@ def sweep(dist, configs, n: int, seed: int = 0, progress: bool = False,
     return rows
 
 
+def _cell(x: float, fmt: str) -> str:
+    """A number for the table; "–" where it is undefined (NaN: the spread of samples when no mode
+    holds enough of them)."""
+    return "–" if x != x else format(x, fmt)
+
+
 def markdown_table(rows: list[dict]) -> str:
     head = ("| data | sampler | NFE | SW2 / floor | NLL - H (nats) | off-mode mass "
             "| mode-weight err | spread ratio | seconds |")
     lines = [head, "|" + "---|" * 9]
     for r in rows:
-        lines.append(f"| {r['dist']} | {r['sampler']} | {r['nfe']} | {r['sw2_ratio']:.2f} "
-                     f"| {r['nll_gap']:+.3f} | {r['off_mode_mass']:.4f} | {r['weight_error']:.4f} "
-                     f"| {r['spread_ratio']:.3f} | {r['seconds']:.2f} |")
+        lines.append(f"| {r['dist']} | {r['sampler']} | {r['nfe']} | {_cell(r['sw2_ratio'], '.2f')} "
+                     f"| {_cell(r['nll_gap'], '+.3f')} | {_cell(r['off_mode_mass'], '.4f')} "
+                     f"| {_cell(r['weight_error'], '.4f')} | {_cell(r['spread_ratio'], '.3f')} "
+                     f"| {r['seconds']:.2f} |")
     return "\n".join(lines)
 
 

@@ -269,25 +269,43 @@ def metrics_table(rows: dict, columns, caption: str = "") -> MarkdownTable:
     return MarkdownTable("\n".join(lines))
 
 
+_REF_STYLES = ["--", ":", "-.", (0, (6, 2, 1, 2, 1, 2))]   # one line style per reference
+
+
 def plot_metric_bars(axes, rows: dict, keys, references: dict | None = None, titles=None,
                      symlog=()):
     """One bar chart per metric key: a bar per row (model), error bars where values carry a std
     (study summaries), and dashed lines for `references` (name -> {key: value}, e.g. what true
     samples and the training set score). Keys in `symlog` get a symmetric log axis (for metrics
-    such as NLL - H that span orders of magnitude and may be negative)."""
+    such as NLL - H that span orders of magnitude and may be negative). Each panel's y range holds
+    every bar, error bar and line with room to spare; the lines share one legend, outside the
+    last panel, so that it covers no bar."""
     names = list(rows)
-    for i, (ax, key) in enumerate(zip(np.atleast_1d(axes), keys)):
+    axes = np.atleast_1d(axes)
+    lines = {}                                             # reference name -> a line, for the legend
+    for i, (ax, key) in enumerate(zip(axes, keys)):
         vals = [_mean_std(rows[n].get(key, float("nan"))) for n in names]
         mean = [float("nan") if v[0] is None else v[0] for v in vals]
         err = [v[1] or 0.0 for v in vals]
         ax.bar(range(len(names)), mean, yerr=err if any(err) else None, capsize=3,
                color=[f"C{j}" for j in range(len(names))])
+        levels = [0.0] + [m + s for m, s in zip(mean, err)] + [m - s for m, s in zip(mean, err)]
         for j, (rname, ref) in enumerate((references or {}).items()):
             if key in ref:
-                ax.axhline(ref[key], color="k", ls=["--", ":", "-."][j % 3], lw=1, label=rname)
+                lines[rname] = ax.axhline(ref[key], color="k", ls=_REF_STYLES[j % len(_REF_STYLES)], lw=1,
+                                          label=rname)
+                levels.append(ref[key])
         ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
         ax.set_title(titles[i] if titles else key, fontsize=9)
+        levels = [v for v in levels if math.isfinite(v)]
+        lo, hi = min(levels), max(levels)
         if key in symlog:
             ax.set_yscale("symlog", linthresh=0.1)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
+            ax.set_ylim(0.0 if lo >= 0 else (2.5 * lo if lo < -0.1 else lo - 0.1),
+                        2.5 * hi if hi > 0.1 else hi + 0.1)
+        else:
+            pad = 0.08 * ((hi - lo) or 1.0)
+            ax.set_ylim(lo - pad if lo < 0 else 0.0, hi + pad)
+    if lines:
+        axes[-1].legend(list(lines.values()), list(lines), fontsize=7, loc="upper left",
+                        bbox_to_anchor=(1.03, 1.0), borderaxespad=0.0, frameon=False)
