@@ -111,8 +111,6 @@ def test_setup_under_dmat_quick_is_as_before(env, capsys, threads):
 def test_parameter_cell_chooses_the_mode(path):
     cells = [("".join(c["source"]), c["cell_type"]) for c in json.loads(path.read_text(encoding="utf-8"))["cells"]]
     code = [s for s, kind in cells if kind == "code"]
-    if path.name.startswith("05") and not any("MODE = None" in s for s in code):
-        pytest.skip("05 is edited separately: give it MODE = None and setup(MODE, full_cost=...)")
     params = next(s for s in code if s.startswith("# Parameters"))
     assert re.search(r"^MODE = None\b", params, re.M), "the parameter cell must start by choosing MODE"
     call = re.search(r"^QUICK, DEVICE = setup\(MODE\b(.*)\)", params, re.M)

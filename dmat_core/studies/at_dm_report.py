@@ -239,7 +239,8 @@ KEY_MEASURES = [("clean-ring8", "off_mode_mass", "off-mode mass", "truth"),
                 ("subspace-inlier", "residual_rms", "residual RMS", "0"),
                 ("memorization", "mem_rate", "memorization rate", "truth"),
                 ("trajectory-attack", "attack_damage", "SW2/floor attacked - unattacked", "0")]
-PROPER = [("sw2_ratio", "SW2 / floor", "low"), ("spread_ratio", "spread", "1")]
+PROPER = [("heldout_ll", "held-out log-likelihood (PF-ODE)", "exact"), ("sw2_ratio", "SW2 / floor", "low"),
+          ("spread_ratio", "spread", "1")]
 REFERENCES = {"exact denoiser of the training distribution": "ideal: data distribution",
               "exact denoiser of the training set": "ideal: training set",
               "training set": "training set"}
@@ -280,6 +281,9 @@ def _paired(r: dict, arm: str, base: str, key: str, right: str):
 def _target(r: dict, key: str, right: str) -> float:
     if right == "truth":
         return float(r["reference"].get("true samples", {}).get(key, float("nan")))
+    if right == "exact":        # the same held-out points under the true density
+        vals = [run["metrics"]["heldout_ll_exact"] for run in r["runs"] if "heldout_ll_exact" in run["metrics"]]
+        return float(np.mean(vals)) if vals else float("nan")
     return 0.0 if right == "low" else float(right)
 
 
@@ -325,7 +329,7 @@ def summary_table(root: str | Path) -> str:
                     mean, se, n = p
                     call = ("closer" if mean < 0 else "farther") if abs(mean) > 2 * se else "no difference shown"
                     verdict = f"{best}: {mean:+.3f} ± {se:.3f} ({call}, {n} seeds)"
-            shown = (f"{target:.3f}" if right == "truth" and math.isfinite(target) else
+            shown = (f"{target:.3f}" if right in ("truth", "exact") and math.isfinite(target) else
                      "low (1 = noise floor)" if right == "low" else right)
             lines.append(f"| {preset} | {label} | {shown} | " + " | ".join(cells) + f" | {verdict} |")
     n = {r["meta"]["seeds"] for r in studies.values()}

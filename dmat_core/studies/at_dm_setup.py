@@ -20,13 +20,13 @@ from ..toys.mixtures import make_distribution
 
 # Sizes: `full` is what results/at_dm holds; `quick` is for tests and notebooks (seconds).
 SIZES = {
-    "full": dict(n_train=20_000, steps=3000, batch=256, n_eval=5000, jac_n=256, cost_steps=30),
-    "quick": dict(n_train=2000, steps=150, batch=128, n_eval=600, jac_n=64, cost_steps=4),
+    "full": dict(n_train=20_000, steps=3000, batch=256, n_eval=5000, jac_n=256, cost_steps=30, ll_n=1000),
+    "quick": dict(n_train=2000, steps=150, batch=128, n_eval=600, jac_n=64, cost_steps=4, ll_n=64),
 }
 DEFAULTS = dict(dist="ring8", dist_kw={}, corruption="clean", p=0.9, s=0.2, q=0.1,
                 outlier="uniform", width=128, depth=3, lr=2e-3, ema=0.999, P_mean=-1.2,
                 P_std=1.2, sampler_steps=18, attack_budgets=None, attack_step=12, attack_iter=10,
-                attack_restarts=3)
+                attack_restarts=3, ll_probe=4)
 # Presets: the settings the issue asks for; each merges over DEFAULTS and a size.
 PRESETS = {
     "clean-ring8": dict(dist="ring8", corruption="clean"),

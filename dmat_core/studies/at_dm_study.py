@@ -37,7 +37,7 @@ from ..toys.corruption import corrupted_distribution
 from ..toys.metrics import sample_metrics, score_error
 from ..toys.mixtures import GaussianMixture, make_distribution
 from ..toys.nets import data_std
-from ..toys.smoothness import jacobian_frobenius, memorization_rate
+from ..toys.smoothness import jacobian_frobenius, likelihood_gap, memorization_rate
 from ..toys.train import fit_toy, make_toy_model, train_toy
 from .at_dm_report import markdown_table, plot_study, summarize
 from .at_dm_setup import ARMS, DEFAULT_ARMS, PRESETS, project_2d, study_config, training_set
@@ -59,6 +59,8 @@ def measure_denoiser(D, dist, train, cfg: dict, seed: int) -> tuple[dict, dict]:
     if not dist.full_rank:     # no density at sigma = 0: NLL under the slightly noised density
         m["nll_smoothed"] = float(-dist.log_prob(x, 0.05).mean())
     m.update(memorization_rate(x, train, dist, seed=seed))
+    if cfg.get("ll_n"):         # the exact held-out likelihood (PF-ODE) and the train/held-out gap
+        m.update(likelihood_gap(D, dist, train, n=cfg["ll_n"], seed=seed, n_probe=cfg["ll_probe"]))
     m.update(trajectory_stats(traj, edm_sigmas(cfg["sampler_steps"]), sigma_max=sd))
     jac = jacobian_frobenius(D, dist, JAC_SIGMAS, n=cfg["jac_n"], seed=seed)
     err = score_error(D, dist, SCORE_SIGMAS, n=1024, seed=seed)
