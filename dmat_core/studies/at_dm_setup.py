@@ -26,7 +26,7 @@ SIZES = {
 DEFAULTS = dict(dist="ring8", dist_kw={}, corruption="clean", p=0.9, s=0.2, q=0.1,
                 outlier="uniform", width=128, depth=3, lr=2e-3, ema=0.999, P_mean=-1.2,
                 P_std=1.2, sampler_steps=18, attack_budgets=None, attack_step=12, attack_iter=10,
-                attack_restarts=3, ll_probe=4)
+                attack_restarts=3, ll_probe=4)   # ll_*: held-out likelihood, d <= 8 only
 # Presets: the settings the issue asks for; each merges over DEFAULTS and a size.
 PRESETS = {
     "clean-ring8": dict(dist="ring8", corruption="clean"),
