@@ -1,4 +1,7 @@
 """Layer 6 -- the experiments that write ``results/``: the known-density demo (``demo``), AT for
-diffusion models measured exactly (``at_dm_setup`` < ``at_dm_report`` < ``at_dm_study``) and
+diffusion models measured exactly (``at_dm_setup`` < ``at_dm_report`` < ``at_dm_study``),
 generated data for adversarial training measured exactly (``at_classifier_setup`` <
-``at_classifier_report`` < ``at_classifier_study``). Each registers its ``dmat`` sub-command."""
+``at_classifier_report`` < ``at_classifier_study``) and the same question in any dimension on the
+closed-form Gaussian world, with Gaussian generators and affine diffusion models
+(``gen_data_setup`` < ``gen_data_report`` < ``gen_data_study``). Each registers its ``dmat``
+sub-command."""

@@ -1,5 +1,8 @@
 """Tables and figures of the AT-for-DMs study (:mod:`dmat_core.studies.at_dm_study`).
 
+Size: one module of about 370 lines on purpose: the study's tables, figures, cross-setting summary
+and tuning record all read the same results files and share their helpers.
+
 Imports the study's settings and data from :mod:`~dmat_core.studies.at_dm_setup`, never the
 study itself (the study imports this module).
 """

@@ -1,7 +1,11 @@
 """Plots for 2D toys: noised densities, the PF-ODE vector field, trajectories, and a sigma
 slider (ipywidgets) that redraws any of them; the flow of several denoisers side by side with a
 smoothness heat map (||dD/dx||_F on a grid); curves that redraw while a generator trains; and
-small markdown tables of metrics. Notebooks 01-05 and 08 use these."""
+small markdown tables of metrics. Notebooks 01-05 and 08 use these.
+
+Size: one module of about 310 lines on purpose: many small plotting functions for the diffusion
+notebooks, independent of each other.
+"""
 from __future__ import annotations
 
 import math
