@@ -12,6 +12,7 @@ import sys
 import numpy as np
 
 from .. import __version__
+from ..common.settings import one_line_errors
 
 EPILOG = """examples:
   dmat demo                                    samplers on exact denoisers, exact metrics
@@ -91,12 +92,6 @@ def _toy_likelihood(a: argparse.Namespace) -> int:
     return 0
 
 
-def _one_line_errors(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Argument errors of this sub-command as one line (no usage block), like every other bad input."""
-    p.error = lambda message: p.exit(2, f"{p.prog}: error: {message}\n")
-    return p
-
-
 def _add_toy(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
     from ..diffusion.samplers import SAMPLERS
     from ..toys.mixtures import PRESETS
@@ -119,7 +114,7 @@ def _add_toy(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
     p.add_argument("--out", default=None, help="write the samples to this .npz")
     p.add_argument("--json", action="store_true", help="print the exact metrics as JSON on stdout")
     p.set_defaults(func=_toy_sample)
-    p = _one_line_errors(tsub.add_parser(
+    p = one_line_errors(tsub.add_parser(
         "likelihood", help="PF-ODE log-likelihood of held-out true points under a denoiser",
         description="The log-likelihood a denoiser (the exact one of the preset, or a toy denoiser "
         "file written by save_toy_denoiser) assigns to n held-out true points through the "

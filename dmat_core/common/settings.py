@@ -61,3 +61,10 @@ def preset_and_file(presets: Dict[str, dict], preset: Optional[str] = None,
             raise ValueError(f"{path}: a config file holds one JSON object of settings")
         d.update(loaded)
     return d
+
+
+def one_line_errors(parser):
+    """Make an argparse (sub)parser report bad arguments as one line and exit code 2 (no usage
+    block), the way every other bad input of dmat is refused; returns the parser."""
+    parser.error = lambda message: parser.exit(2, f"{parser.prog}: error: {message}\n")
+    return parser

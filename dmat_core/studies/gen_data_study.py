@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 
 from ..common.checkpoint import atomic_save, atomic_write_text, load_checkpoint
+from ..common.settings import one_line_errors
 from ..common.train_utils import torch_threads
 from ..diffusion.edm import edm_sigmas
 from ..diffusion.losses import ATConfig
@@ -357,7 +358,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("gen-data-study", help="generated data for AT in any dimension: Gaussian world, "
                        "Gaussian generators and affine DMs, linear classifiers, everything exact",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.error = lambda message: p.exit(2, f"{p.prog}: error: {message}\n")      # one line, like bad values
+    one_line_errors(p)                         # one line, like bad values
     p.add_argument("--preset", choices=sorted(PRESETS), help="the world and threat (default isotropic-linf)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seeds", type=int, default=20, help="draws of the real points (default: 20)")
