@@ -134,3 +134,52 @@ def test_bad_input_is_one_line_and_writes_nothing(args, msg, tmp_path, capsys):
     err = capsys.readouterr().err
     assert msg in err and len(err.strip().splitlines()) == 1, err
     assert not out.exists()
+
+
+# ----------------------------------------------------------------------- the MLP DMs (d <= 8)
+def _gaussian_denoiser(mean, cov):
+    """The exact denoiser of N(mean, cov), in float64: D(x, sigma) = A(sigma) x + b(sigma)."""
+    from dmat_core.toys.affine_dm import gaussian_affine
+
+    def D(x, sigma, labels=None):
+        A, b = gaussian_affine(mean, cov, float(sigma))
+        return x.to(F64) @ A.T + b
+    return D
+
+
+def test_heldout_kl_is_zero_for_the_truth_and_the_closed_form_for_a_wrong_gaussian():
+    """The MLP DMs' KL(p‖q) estimate (PF-ODE likelihood of held-out points against the exact
+    log-density), run on exact Gaussian denoisers: 0 for the class law itself (up to the integrator,
+    as the estimate is paired point by point), and the closed-form Gaussian KL for a wrong law
+    (within 3 standard errors of the estimate)."""
+    from dmat_core.studies.gen_data_mlp import heldout_kl
+    from dmat_core.toys.gaussians import gaussian_kl
+    world = world_of({"world": "lowrank"}, 3)
+    mean, cov = world.law(1)
+    same = heldout_kl(_gaussian_denoiser(mean, cov), world, 1, 200, (3, 4, 0))
+    assert abs(same["kl"]) < 0.01 and same["kl_var"] < 1e-3
+    m2, S2 = 0.3 * mean, 2.0 * cov + 0.5 * torch.eye(3, dtype=F64)
+    wrong = heldout_kl(_gaussian_denoiser(m2, S2), world, 1, 400, (3, 4, 0))
+    exact = gaussian_kl(mean, cov, m2, S2)
+    assert exact > 0.3
+    assert abs(wrong["kl"] - exact) < 3 * math.sqrt(wrong["kl_var"] / 400) + 0.01
+
+
+def test_mlp_dms_only_where_d_is_small_and_rank_correlations_skip_what_they_lack(runs):
+    """MLP DMs appear in d <= mlp_max_d only; their rows have KL(p‖q) with its standard error and
+    None for KL(q‖p) and W2; the rank correlation of W2 runs over the generators that have it."""
+    from dmat_core.studies.gen_data_setup import MLP_GENERATORS, cell_generators, study_config
+    cfg = study_config("isotropic-linf", quick=True, mlp_max_d=4)
+    assert set(MLP_GENERATORS) <= set(cell_generators(cfg, 4, 0))
+    assert not set(MLP_GENERATORS) & set(cell_generators(cfg, 5, 0))
+    _, iso, _ = runs
+    mlp = [r for r in iso["rows"] if r["generator"] in MLP_GENERATORS]
+    assert {r["d"] for r in mlp} == {2, 8}
+    assert all(r["kl_qp"] is None and r["w2"] is None and r["kl_pq_se"] > 0 and math.isfinite(r["kl_pq"])
+               for r in mlp)
+    cell = iso["analysis"]["cells"][0]
+    rho = cell["rho"]["all"]
+    assert rho["w2"]["generators"] == rho["kl_pq"]["generators"] - len(MLP_GENERATORS)
+    assert cell["mlp"]["kl_pq_standard"] == pytest.approx(np.mean([r["kl_pq"] for r in mlp if (r["d"], r["n"]) ==
+                                                                   (cell["d"], cell["n"]) and r["generator"] ==
+                                                                   "mlp-standard"]))

@@ -1,7 +1,8 @@
-"""Layer 6 -- the experiments that write ``results/``: the known-density demo (``demo``), AT for
+"""Layer 7 -- the experiments that write ``results/``: the known-density demo (``demo``), AT for
 diffusion models measured exactly (``at_dm_setup`` < ``at_dm_report`` < ``at_dm_study``),
 generated data for adversarial training measured exactly (``at_classifier_setup`` <
 ``at_classifier_report`` < ``at_classifier_study``) and the same question in any dimension on the
-closed-form Gaussian world, with Gaussian generators and affine diffusion models
-(``gen_data_setup`` < ``gen_data_report`` < ``gen_data_study``). Each registers its ``dmat``
+closed-form Gaussian world, with Gaussian generators and affine diffusion models, and MLP
+diffusion models scored by their exact likelihood where d <= 8 (``gen_data_setup`` <
+``gen_data_report`` < ``gen_data_mlp`` < ``gen_data_study``). Each registers its ``dmat``
 sub-command."""

@@ -25,11 +25,12 @@ import numpy as np
 from scipy.stats import rankdata
 
 from ..common.checkpoint import atomic_write_text
-from .gen_data_setup import COLOURS, DM_GENERATORS, NAMES, PRESETS, QUALITY
+from .gen_data_setup import COLOURS, DM_GENERATORS, MLP_GENERATORS, NAMES, PRESETS, QUALITY
 
-SAME_DATA = ("mle", "shrinkage", "dm-standard", "dm-at", "dm-standard-noisy", "dm-at-noisy")
+SAME_DATA = ("mle", "shrinkage", "dm-standard", "dm-at", "dm-standard-noisy", "dm-at-noisy", "mlp-standard", "mlp-at")
 SHORT = {"mle": "MLE", "shrinkage": "LW", "dm-standard": "DM std", "dm-at": "DM AT", "dm-standard-noisy": "DM std noisy",
-         "dm-at-noisy": "DM AT noisy"}
+         "dm-at-noisy": "DM AT noisy", "mlp-standard": "MLP DM std", "mlp-at": "MLP DM AT"}
+SAME_TEXT = "the MLE and Ledoit-Wolf Gaussians, the four affine DMs and, where d <= 8, the two MLP DMs"
 # the generators a rank correlation runs over: all of them, or those that saw only the real points
 SUBSETS = {"all": None, "same-points": SAME_DATA}
 
@@ -70,8 +71,9 @@ def _reading(rho: float, lo: float, hi: float, better: int) -> str:
 def analyse(rows: list[dict], cfg: dict, worlds: dict, n_boot: int = 1000, seed: int = 0) -> dict:
     """Every statistic of the tables, from the rows of results.json (module docstring). A generator
     missing for some seeds of a cell (the DMs in high d) is compared on the seeds it has; the rank
-    correlations use the seeds that have every generator. Cells share no random draw (the real
-    points depend on d and n), so their bootstrap replicates combine as independent."""
+    correlations use the seeds that have every generator, and for each measure the generators that
+    have it (the MLP DMs have no KL(q‖p) or W2). Cells share no random draw (the real points depend
+    on d and n), so their bootstrap replicates combine as independent."""
     gens = [g for g in cfg["generators"] if any(r["generator"] == g for r in rows)]
     by = {(r["d"], r["n"], r["generator"], r["seed"]): r for r in rows}
     rng, cells, pooled = np.random.default_rng(seed), [], {(k, m): [] for k in SUBSETS for m in QUALITY}
@@ -81,17 +83,18 @@ def analyse(rows: list[dict], cfg: dict, worlds: dict, n_boot: int = 1000, seed:
         acc = {g: np.array([by[(d, n, g, s)]["robust_acc_exact"] for s in have[g]]) for g in gs}
         base = dict(zip(have["none"], acc["none"]))
         cell = {"d": d, "n": n, "optimum": worlds[str(d)]["best_linear_robust_acc"],
-                "acc": {g: _mse(v) for g, v in acc.items()}, "gain": {}, "rho": {}, "dm": {}}
+                "acc": {g: _mse(v) for g, v in acc.items()}, "gain": {}, "rho": {}, "dm": {}, "mlp": {}}
         for g in gs[1:]:
             s = _mse(acc[g] - np.array([base[k] for k in have[g]]))
             cell["gain"][g] = {**s, "call": call(s["mean"], s["se"])}
         complete = sorted(set.intersection(*(set(have[g]) for g in gs)))
         boots = rng.integers(0, len(complete), size=(n_boot, len(complete)))
         for subset, members in SUBSETS.items():
-            sub = [g for g in gs[1:] if members is None or g in members]
-            gain = np.array([[by[(d, n, g, s)]["robust_acc_exact"] - base[s] for g in sub] for s in complete])
             cell["rho"][subset] = {}
             for m, (_, better) in QUALITY.items():
+                sub = [g for g in gs[1:] if (members is None or g in members)
+                       and all(by[(d, n, g, s)].get(m) is not None for s in complete)]
+                gain = np.array([[by[(d, n, g, s)]["robust_acc_exact"] - base[s] for g in sub] for s in complete])
                 q = np.array([[by[(d, n, g, s)][m] for g in sub] for s in complete], dtype=float)
                 rho = float(spearman(q.reshape(-1), gain.reshape(-1)))
                 boot = spearman(q[boots].reshape(n_boot, -1), gain[boots].reshape(n_boot, -1))
@@ -111,6 +114,16 @@ def analyse(rows: list[dict], cfg: dict, worlds: dict, n_boot: int = 1000, seed:
                                     **{f"{k}_{v}": float(np.mean([by[(d, n, g, s)][k] for s in both]))
                                        for g, v in ((std, "standard"), (at, "at"))
                                        for k in ("w2", "var_ratio", "fit_w2", "kl_pq")}}
+        std, at = list(MLP_GENERATORS)
+        if std in acc and at in acc:
+            both = sorted(set(have[std]) & set(have[at]))
+            diff = _mse(np.array([by[(d, n, at, s)]["robust_acc_exact"] - by[(d, n, std, s)]["robust_acc_exact"]
+                                  for s in both]))
+            kl = _mse(np.array([by[(d, n, at, s)]["kl_pq"] - by[(d, n, std, s)]["kl_pq"] for s in both]))
+            cell["mlp"] = {**diff, "call": call(diff["mean"], diff["se"]),
+                           "kl_diff": {**kl, "call": call(-kl["mean"], kl["se"])},
+                           **{f"{k}_{v}": float(np.mean([by[(d, n, g, s)][k] for s in both]))
+                              for g, v in ((std, "standard"), (at, "at")) for k in ("kl_pq", "kl_pq_se", "var_ratio")}}
         cells.append(cell)
     summary = {k: {} for k in SUBSETS}
     for (subset, m), vals in pooled.items():
@@ -135,10 +148,14 @@ def _world_line(results: dict) -> str:
             f"inner max in closed form, {cfg['clf_steps']} Adam steps, batch {cfg['clf_batch']}, "
             f"{cfg['unsup_fraction']:.0%} of each batch generated (a pool of {cfg['n_gen']} per class); "
             f"affine DMs, one per class, started at N(sample mean, sd^2 I): {cfg['dm_knots']} knots, "
-            f"{cfg['dm_steps']} Adam steps ({cfg['dm_steps_high_d']} steps and only the first "
-            f"{cfg['dm_seeds_high_d']} seeds for d > {cfg['dm_high_d']}), AT = adversarial, lambda {cfg['dm_lam']}, "
+            f"{cfg['dm_steps']} Adam steps ({cfg['dm_steps_high_d']} steps"
+            + (f" and only the first {cfg['dm_seeds_high_d']} seeds" if cfg["dm_seeds_high_d"] < meta["seeds"] else "")
+            + f" for d > {cfg['dm_high_d']}), AT = adversarial, lambda {cfg['dm_lam']}, "
             f"Heun {cfg['sampler_steps']} steps, its exact law; noisy data: {cfg['noise_p']:.0%} of the points + "
-            f"N(0, s^2 I), s = {cfg['noise_s']:g} x the class std per coordinate. {meta['seeds']} seeds.")
+            f"N(0, s^2 I), s = {cfg['noise_s']:g} x the class std per coordinate; MLP DMs (d <= {cfg['mlp_max_d']}), "
+            f"one per class, {cfg['mlp_width']} wide x {cfg['mlp_depth']} blocks, {cfg['mlp_steps']} Adam steps on "
+            f"the clean points, {cfg['n_gen']} Heun samples per class, KL(p‖q) from the exact likelihood of "
+            f"{cfg['ll_n']} held-out true points per class. {meta['seeds']} seeds.")
 
 
 def _f(v: float, f: str = ".3f") -> str:
@@ -173,14 +190,16 @@ def markdown_table(results: dict) -> str:
     for c in cells:
         lines.append(f"| {c['d']} | {c['n']} | " + " | ".join(_gain_cell(c["gain"][g]) for g in others) + " |")
     for subset, what in (("all", "every generator"), ("same-points", "the generators that saw only the real "
-                                                              "points (MLE, Ledoit-Wolf, the four DMs)")):
+                                                              f"points ({SAME_TEXT})")):
         c0 = cells[0]["rho"][subset]["kl_pq"]
         lines += ["", f"Spearman rank correlation of each quality measure with the gain over real only, over "
                   f"{what} x the seeds of a cell ({c0['generators']} x {c0['seeds']} in the first), [95% bootstrap "
                   f"interval over seeds, {an['n_boot']} resamples]. **Bold**: the measure predicts the gain (the "
                   "interval excludes 0 on the side of a better generator: negative for the divergences and the "
                   "angle, positive for the log-likelihood); _italic_: the opposite. E_p log q = -H(p) - KL(p‖q), "
-                  "so its column mirrors KL(p‖q). Last rows: the mean of the within-cell correlations.", "",
+                  "so its column mirrors KL(p‖q). The MLP DMs (d <= 8) enter KL(p‖q), the angle and E_p log q (estimated "
+                  "from the exact likelihood of held-out points), not KL(q‖p) or W2. Last rows: the mean of the "
+                  "within-cell correlations.", "",
                   "| d | n | " + " | ".join(v[0] for v in QUALITY.values()) + " |", "|---|---|" + "---|" * len(QUALITY)]
         for c in cells:
             lines.append(f"| {c['d']} | {c['n']} | " + " | ".join(_rho_cell(c["rho"][subset][m]) for m in QUALITY)
@@ -200,6 +219,22 @@ def markdown_table(results: dict) -> str:
                 lines.append(f"| {c['d']} | {c['n']} | {data} | {s['mean']:+.4f} ± {s['se']:.4f} | {s['call']} | "
                              f"{s['w2_standard']:.2f} / {s['w2_at']:.2f} | {s['var_ratio_standard']:.2f} / "
                              f"{s['var_ratio_at']:.2f} | {s['fit_w2_standard']:.2f} / {s['fit_w2_at']:.2f} |")
+    if any(c["mlp"] for c in cells):
+        lines += ["", "MLP DMs (d <= 8): AT-trained minus standard as the data source (robust accuracy, paired by "
+                  "seed), and their KL(p‖q) to the truth estimated from the exact model likelihood of held-out true "
+                  "points (mean over seeds ± the mean per-seed standard error of the estimate; lower is better), "
+                  "AT minus standard, and their variance ratio tr(S_q)/tr(Sigma) from the samples:", "",
+                  "| d | n | AT - standard | call | KL(p‖q) standard / AT | AT - standard KL(p‖q) | call "
+                  "| variance ratio standard / AT |", "|---|---|---|---|---|---|---|---|"]
+        for c in cells:
+            s = c["mlp"]
+            if s:
+                k = s["kl_diff"]
+                kcall = {"better": "AT lower", "worse": "AT higher"}.get(k["call"], k["call"])
+                lines.append(f"| {c['d']} | {c['n']} | {s['mean']:+.4f} ± {s['se']:.4f} | {s['call']} | "
+                             f"{s['kl_pq_standard']:.3f} ± {s['kl_pq_se_standard']:.3f} / {s['kl_pq_at']:.3f} ± "
+                             f"{s['kl_pq_se_at']:.3f} | {k['mean']:+.3f} ± {k['se']:.3f} | {kcall} | "
+                             f"{s['var_ratio_standard']:.2f} / {s['var_ratio_at']:.2f} |")
     lines += ["", _timing(results)]
     return "\n".join(lines)
 
@@ -282,11 +317,15 @@ def summary_markdown(named: dict) -> str:
             lines.append(f"| {preset} | {c['d']} | {c['n']} | {c['optimum']:.3f} | {c['acc']['none']['mean']:.3f} | "
                          f"{tr} | {bw[0]} | {bw[1]} | {dm[0]} | {dm[1]} |")
     first = next(iter(named.values()))
-    lines += ["", f"Robust accuracy is exact, the mean over {first['meta']['seeds']} seeds (the DMs in d = 256: the "
-              f"first {first['config']['dm_seeds_high_d']}); gains over real only (in brackets) and AT − standard are "
+    fewer = first["config"]["dm_seeds_high_d"] < first["meta"]["seeds"]
+    lines += ["", f"Robust accuracy is exact, the mean over {first['meta']['seeds']} seeds"
+              + (f" (the DMs in d > {first['config']['dm_high_d']}: the first {first['config']['dm_seeds_high_d']})"
+                 if fewer else "")
+              + "; gains over real only (in brackets) and AT − standard (affine DMs) are "
               "paired differences ± standard error, **bold** beyond 2 standard errors in favour, _italic_ against, "
-              "otherwise no difference shown. \"From the same points\": the MLE and Ledoit-Wolf (LW) Gaussians and "
-              "the four affine DMs, which see only the real points (the oracles and the truth see more).", "",
+              "otherwise no difference shown. \"From the same points\": the MLE and Ledoit-Wolf (LW) Gaussians, "
+              "the four affine DMs and, in d = 2, the two MLP DMs, which see only the real points (the oracles and "
+              "the truth see more).", "",
               "Cells (d, n) in which a data source beats real only / loses to it / shows no difference:", "",
               "| data source | " + " | ".join(named) + " |", "|---|" + "---|" * len(named)]
     gens = [g for g in first["analysis"]["cells"][0]["gain"]]

@@ -57,8 +57,9 @@ from ..toys.gaussians import (GaussianWorld, fit_classes, fit_gaussian, gaussian
 from ..toys.nets import data_std
 from ..toys.train import fit_toy, lr_at
 from .gen_data_report import analyse, markdown_table, plot_study
-from .gen_data_setup import (DM_GENERATORS, GENERATORS, PRESETS, cell_generators, cell_key, dm_schedule, eps_of,
-                             study_config, world_of)
+from .gen_data_mlp import MLP_KEYS, mlp_laws, mlp_quality
+from .gen_data_setup import (DM_GENERATORS, GENERATORS, MLP_GENERATORS, PRESETS, cell_generators, cell_key,
+                             dm_schedule, eps_of, stable_rng, stable_seed, study_config, world_of)
 
 F64 = torch.float64
 DM_KEYS = ("world", "noise_p", "noise_s", "dm_knots", "dm_sigma_max", "dm_batch", "dm_lr", "dm_ema",
@@ -66,21 +67,12 @@ DM_KEYS = ("world", "noise_p", "noise_s", "dm_knots", "dm_sigma_max", "dm_batch"
 DM_FORMAT = "affine-dm-law/1: start at N(sample mean, sd^2 I)"
 
 
-def _seed(*parts) -> int:
-    """A stable seed from integers and names."""
-    return int(hashlib.sha256(repr(parts).encode()).hexdigest()[:12], 16)
-
-
-def _rng(*parts) -> torch.Generator:
-    return torch.Generator().manual_seed(_seed(*parts))
-
-
 # ----------------------------------------------------------------------- data
 def real_points(world, n: int, seed: int):
     """n points of each class (x (2n, d) float64, y (2n,) in {-1, +1} float64; class -1 first)."""
     d = world.dim
     y = torch.cat([-torch.ones(n, dtype=F64), torch.ones(n, dtype=F64)])
-    z = torch.randn(2 * n, d, dtype=F64, generator=_rng("real", d, n, seed))
+    z = torch.randn(2 * n, d, dtype=F64, generator=stable_rng("real", d, n, seed))
     lam, V = torch.linalg.eigh(world.Sigma)
     return y[:, None] * world.mu + z @ (V * lam.clamp_min(0).sqrt()).T, y
 
@@ -88,7 +80,7 @@ def real_points(world, n: int, seed: int):
 def noisy_copy(x, world, cfg: dict, seed: int):
     """The points with N(0, s^2 I) added to a random share p of them (toys/corruption's inliers;
     s = noise_s x the class's RMS std per coordinate)."""
-    g = _rng("noise", x.shape, seed)
+    g = stable_rng("noise", x.shape, seed)
     s = cfg["noise_s"] * math.sqrt(float(world.Sigma.trace()) / world.dim)
     mask = torch.zeros(len(x), dtype=torch.bool)
     mask[torch.randperm(len(x), generator=g)[:round(cfg["noise_p"] * len(x))]] = True
@@ -122,8 +114,8 @@ def dm_laws(x, y, world, cfg: dict, gen: str, seed: int, cache: Path | None, fre
     for i, c in enumerate((-1, 1)):
         xc = x[y == c]
         if data == "noisy":
-            xc = noisy_copy(xc, world, cfg, _seed(seed, c))
-        m, S, w2 = dm_law(xc, cfg, variant, _seed("dm", d, n, seed, c))    # same seed for both losses
+            xc = noisy_copy(xc, world, cfg, stable_seed(seed, c))
+        m, S, w2 = dm_law(xc, cfg, variant, stable_seed("dm", d, n, seed, c))    # same seed for both losses
         means.append(m), covs.append(S), fit.append(w2)
     law = {"means": torch.stack(means), "covs": torch.stack(covs), "fit_w2": sum(fit) / 2,
            "seconds": time.perf_counter() - t0}
@@ -132,11 +124,16 @@ def dm_laws(x, y, world, cfg: dict, gen: str, seed: int, cache: Path | None, fre
     return law
 
 
-def generator_laws(x, y, world, cfg: dict, seed: int, cache: Path | None, fresh: bool = False) -> dict:
-    """{generator: {'means': (2, d), 'covs': (2, d, d), ...}} for every generator of the cell but `none`."""
+def generator_laws(x, y, world, cfg: dict, seed: int, cache: Path | None, fresh: bool = False,
+                   mlp_cache: Path | None = None) -> dict:
+    """{generator: {'means': (2, d), 'covs': (2, d, d), ...}} for every generator of the cell but
+    `none`; the MLP DMs' entries also hold their `samples` (2, n_gen, d)."""
     laws, d, n = {}, world.dim, int((y > 0).sum())
     for gen in cell_generators(cfg, d, seed):
         if gen == "none":
+            continue
+        if gen in MLP_GENERATORS:
+            laws[gen] = mlp_laws(x, y, world, cfg, gen, seed, mlp_cache, fresh)
             continue
         if gen in DM_GENERATORS:
             laws[gen] = dm_laws(x, y, world, cfg, gen, seed, cache, fresh)
@@ -146,14 +143,17 @@ def generator_laws(x, y, world, cfg: dict, seed: int, cache: Path | None, fresh:
             continue
         k = cfg["more_k"] if gen == "more-labelled" else cfg["pool_k"]
         mix = (fit_classes(x, y, gen) if gen in ("mle", "shrinkage")
-               else make_generator(gen, world, x, y, k=k, generator=_rng(gen, d, n, seed)))
+               else make_generator(gen, world, x, y, k=k, generator=stable_rng(gen, d, n, seed)))
         laws[gen] = {"means": mix.means, "covs": mix.covariances()}
     return laws
 
 
 def quality(world, law: dict) -> dict:
     """KL(p||q), KL(q||p), W2 (means over y), the angle between (m_+ - m_-)/2 and mu, E_p log q
-    (= -H(p) - KL(p||q)) and tr(S_q)/tr(Sigma); exactly 0 divergences for the world itself."""
+    (= -H(p) - KL(p||q)) and tr(S_q)/tr(Sigma); exactly 0 divergences for the world itself. For an
+    MLP DM (a law given by samples) the estimates of :func:`~dmat_core.studies.gen_data_mlp.mlp_quality`."""
+    if "samples" in law:
+        return mlp_quality(world, law)
     d, Sigma = world.dim, world.Sigma
     entropy = 0.5 * (d * math.log(2 * math.pi * math.e) + float(torch.linalg.slogdet(Sigma)[1]))
     out = {"kl_pq": 0.0, "kl_qp": 0.0, "w2": 0.0}
@@ -186,9 +186,10 @@ def train_classifiers(x, y, laws: list, cfg: dict, eps: float, norm: str, seed: 
     """PGD-AT of one linear classifier per entry of `laws` (None: real points only), all at once
     (Adam is elementwise, so they train independently): the same start, real-point batches and
     generated-point noise for all; `unsup_fraction` of each batch drawn from a pool of `n_gen`
-    points per class of the generator's law. Returns W (G, d), b (G,)."""
+    points per class of the generator's law (an MLP DM's: its own `n_gen` samples per class).
+    Returns W (G, d), b (G,)."""
     G, d, B, steps = len(laws), x.shape[1], cfg["clf_batch"], cfg["clf_steps"]
-    g = _rng("clf", d, len(x), seed)
+    g = stable_rng("clf", d, len(x), seed)
     W = (1e-3 / math.sqrt(d) * torch.randn(d, dtype=F64, generator=g)).repeat(G, 1).requires_grad_(True)
     b = torch.zeros(G, dtype=F64, requires_grad=True)
     opt = torch.optim.Adam([W, b], lr=cfg["clf_lr"])
@@ -196,7 +197,9 @@ def train_classifiers(x, y, laws: list, cfg: dict, eps: float, norm: str, seed: 
     z = torch.randn(2, ng, d, dtype=F64, generator=g)
     pool, y_pool = torch.zeros(G, 2 * ng, d, dtype=F64), torch.cat([-torch.ones(ng), torch.ones(ng)]).to(F64)
     for k, law in enumerate(laws):
-        if law is not None:
+        if law is not None and "samples" in law:
+            pool[k] = law["samples"].reshape(2 * ng, d)
+        elif law is not None:
             lam, V = torch.linalg.eigh(law["covs"])
             R = V * lam.clamp_min(0).sqrt()[:, None, :]                     # covs = R R'
             for i in range(2):
@@ -227,10 +230,11 @@ def run_cell(job: dict) -> dict:
     with torch_threads(1):
         cfg, d, n, seed = job["cfg"], job["d"], job["n"], job["seed"]
         cache = None if job["cache"] is None else Path(job["cache"])
+        mlp_cache = None if job.get("mlp_cache") is None else Path(job["mlp_cache"])
         world, eps, norm = GaussianWorld(job["mu"], job["Sigma"]), eps_of(cfg, d), cfg["norm"]
         x, y = real_points(world, n, seed)
         t0 = time.perf_counter()
-        laws = generator_laws(x, y, world, cfg, seed, cache, job.get("fresh", False))
+        laws = generator_laws(x, y, world, cfg, seed, cache, job.get("fresh", False), mlp_cache)
         t1 = time.perf_counter()
         gens = cell_generators(cfg, d, seed)
         W, b = train_classifiers(x, y, [laws.get(gen) for gen in gens], cfg, eps, norm, seed)
@@ -244,6 +248,8 @@ def run_cell(job: dict) -> dict:
                 row.update(quality(world, laws[gen]))
             if gen in DM_GENERATORS:
                 row["fit_w2"] = float(laws[gen]["fit_w2"])
+            if gen in MLP_GENERATORS:
+                row["ll_nfe"] = int(laws[gen]["nfe"])
             rows.append(row)
         return {"d": d, "n": n, "seed": seed, "rows": rows, "generator_seconds": t1 - t0,
                 "classifier_seconds": time.perf_counter() - t1}
@@ -298,6 +304,8 @@ def run_study(out: str | Path, preset: str | None = None, seeds: int = 20, quick
     dm_hash = hashlib.sha1(json.dumps({"format": DM_FORMAT, **{k: cfg[k] for k in DM_KEYS}},
                                       sort_keys=True).encode()).hexdigest()[:10]
     cache = out / "cache" / f"dm-{dm_hash}"
+    mlp_hash = hashlib.sha1(json.dumps({k: cfg[k] for k in MLP_KEYS}, sort_keys=True).encode()).hexdigest()[:10]
+    mlp_cache = out / "cache" / f"mlp-{mlp_hash}"
     prev, prev_meta = _previous_cells(out, cfg) if reuse else ({}, {})
     with torch_threads(1):           # built once, here, and sent to the cells: the file's Sigma is theirs
         worlds = {d: world_of(cfg, d) for d in cfg["dims"]}
@@ -311,6 +319,7 @@ def run_study(out: str | Path, preset: str | None = None, seeds: int = 20, quick
                     cells[(d, n, s)] = [done[gen] for gen in gens]
                 else:
                     jobs.append({"cfg": cfg, "d": d, "n": n, "seed": s, "cache": str(cache), "fresh": not reuse,
+                                 "mlp_cache": str(mlp_cache),
                                  "mu": worlds[d].mu, "Sigma": worlds[d].Sigma})
     jobs.sort(key=lambda j: -j["d"])                       # the costly dimensions first
     from tqdm.auto import tqdm
