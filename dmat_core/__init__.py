@@ -10,9 +10,10 @@ table lists the same order):
     images     CIFAR-10 and generated data, the U-Net, image DM training, generation, quality
     robust     attacks, TRADES / PGD-AT, classifiers, AutoAttack; exact robust accuracy in 2D
     viz        plots for the notebooks
+    exercises  the notebooks' exercises: checks against exact answers or dmat's own code, solutions
     studies    the demo and the two exact studies that write results/
     cli        the `dmat` command line
 """
 __version__ = "0.1.0"
 
-LAYERS = ("common", "diffusion", "toys", "images", "robust", "viz", "studies", "cli")
+LAYERS = ("common", "diffusion", "toys", "images", "robust", "viz", "exercises", "studies", "cli")
