@@ -306,11 +306,20 @@ def plot_ball_search(ax, model, x, y, eps: float, norm: str = "l2", x_pgd=None, 
     im = ax.pcolormesh(gx + x[0, 0], gy + x[0, 1], m, cmap="RdBu", vmin=-v, vmax=v, shading="auto")
     ax.contour(gx + x[0, 0], gy + x[0, 1], m, levels=[0.0], colors="k", linewidths=1.2)
     ax.plot(*x[0].tolist(), "k+", ms=10, label="x")
+    # the ball's edge, with room around it: the worst points lie on the edge and must not be cut off
+    cx, cy = x[0].tolist()
+    if norm == "l2":
+        a = np.linspace(0, 2 * np.pi, 200)
+        ax.plot(cx + eps * np.cos(a), cy + eps * np.sin(a), "k--", lw=0.8)
+    else:
+        ax.plot(cx + eps * np.array([-1, 1, 1, -1, -1]), cy + eps * np.array([-1, -1, 1, 1, -1]), "k--", lw=0.8)
     if x_witness is not None:
         ax.plot(*np.asarray(x_witness).reshape(2), "o", mfc="none", mec="k", ms=11, label="exact search: worst point")
     if x_pgd is not None:
         ax.plot(*np.asarray(x_pgd).reshape(2), "x", color="gold", ms=9, mew=2, label="PGD")
-    ax.set_aspect("equal"), ax.legend(fontsize=7, loc="lower left")
+    pad = 1.25 * eps
+    ax.set_xlim(cx - pad, cx + pad), ax.set_ylim(cy - pad, cy + pad)
+    ax.set_aspect("equal"), ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2)
     return im
 
 
