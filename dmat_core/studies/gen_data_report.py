@@ -175,7 +175,7 @@ def _rho_cell(r: dict) -> str:
 def markdown_table(results: dict) -> str:
     """table.md: robust accuracy, gains, rank correlations, AT vs standard DMs (see analyse)."""
     an, cells = results["analysis"], results["analysis"]["cells"]
-    gens = list(cells[0]["acc"])
+    gens = [g for g in results["config"]["generators"] if any(g in c["acc"] for c in cells)]  # some only in low d
     others = [g for g in gens if g != "none"]
     lines = [_world_line(results), "",
              "Robust accuracy (exact), mean ± standard error over seeds, beside the best linear robust accuracy:", "",
@@ -183,12 +183,14 @@ def markdown_table(results: dict) -> str:
              "|---|---|---|" + "---|" * len(gens)]
     for c in cells:
         lines.append(f"| {c['d']} | {c['n']} | {c['optimum']:.3f} | "
-                     + " | ".join(f"{c['acc'][g]['mean']:.3f} ± {c['acc'][g]['se']:.3f}" for g in gens) + " |")
+                     + " | ".join(f"{c['acc'][g]['mean']:.3f} ± {c['acc'][g]['se']:.3f}" if g in c["acc"] else "–"
+                                  for g in gens) + " |")
     lines += ["", "Gain over real only, paired by seed (**bold**: better beyond 2 standard errors, _italic_: "
               "worse; otherwise no difference shown):", "",
               "| d | n | " + " | ".join(NAMES[g] for g in others) + " |", "|---|---|" + "---|" * len(others)]
     for c in cells:
-        lines.append(f"| {c['d']} | {c['n']} | " + " | ".join(_gain_cell(c["gain"][g]) for g in others) + " |")
+        lines.append(f"| {c['d']} | {c['n']} | " + " | ".join(_gain_cell(c["gain"][g]) if g in c["gain"] else "–"
+                                                                  for g in others) + " |")
     for subset, what in (("all", "every generator"), ("same-points", "the generators that saw only the real "
                                                               f"points ({SAME_TEXT})")):
         c0 = cells[0]["rho"][subset]["kl_pq"]
@@ -328,7 +330,8 @@ def summary_markdown(named: dict) -> str:
               "the truth see more).", "",
               "Cells (d, n) in which a data source beats real only / loses to it / shows no difference:", "",
               "| data source | " + " | ".join(named) + " |", "|---|" + "---|" * len(named)]
-    gens = [g for g in first["analysis"]["cells"][0]["gain"]]
+    gens = [g for g in first["config"]["generators"] if any(g in c["gain"] for r in named.values()
+                                                            for c in r["analysis"]["cells"])]
     for g in gens:
         lines.append(f"| {NAMES[g]} | " + " | ".join(_counts([c["gain"][g]["call"] for c in r["analysis"]["cells"]
                                                                if g in c["gain"]]) for r in named.values()) + " |")
