@@ -99,3 +99,57 @@ def test_ring8_trains_to_near_exact_quality_in_30_seconds():
     assert seconds < 30
     assert m["modes_covered"] == 8 and m["off_mode_mass"] < 0.05 and abs(m["nll_gap"]) < 0.15
     assert m["sw2_ratio"] < 1.6 and 0.85 < m["spread_ratio"] < 1.15
+
+
+# ----------------------------------------------------------------------- load-else-train (notebooks/models)
+def test_trained_toy_loads_a_matching_run_and_trains_otherwise(tmp_path, capsys):
+    from dmat_core.toys.nets import load_toy_run, trained_toy
+    x = torch.randn(64, 2, generator=torch.Generator().manual_seed(0))
+    calls = []
+
+    def train():
+        calls.append(1)
+        return fit_toy(make_toy_model(2, 1.0, seed=0, width=16, depth=1), x, steps=5, batch=16, seed=0, log_every=1)
+    path = tmp_path / "run.pt"
+    settings = {"steps": 5, "seed": 0, "arm": {"variant": "standard"}, "sizes": (1, 2)}
+    first, h1 = trained_toy(path, settings, train)
+    assert len(calls) == 1 and path.is_file() and len(h1) == 5
+    again, h2 = trained_toy(path, settings, train)                  # loaded: no training, same weights
+    assert len(calls) == 1 and "loaded" in capsys.readouterr().out
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), again.state_dict().values()))
+    assert h2 == [{k: float(v) for k, v in r.items() if isinstance(v, (int, float))} for r in h1]
+    trained_toy(path, {**settings, "steps": 6}, train)              # other settings: trains, says which differ
+    assert len(calls) == 2 and "other settings (steps)" in capsys.readouterr().out
+    trained_toy(path, {**settings, "steps": 6}, train, retrain=True)
+    assert len(calls) == 3
+    trained_toy(None, settings, train)                              # no file: always trains, writes nothing
+    assert len(calls) == 4 and sorted(p.name for p in tmp_path.iterdir()) == ["run.pt"]
+    assert load_toy_run(path)[1]["steps"] == 6
+    with pytest.raises(ValueError, match="plain data"):
+        trained_toy(tmp_path / "other.pt", {"x": torch.zeros(1)}, train)
+    torch.save({"format": "something else"}, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="not a toy run"):
+        trained_toy(tmp_path / "bad.pt", settings, train)
+
+
+def test_the_committed_notebook_models_match_the_settings_the_notebooks_use_now():
+    """notebooks/models/ holds the full-size toy runs notebooks 03 and 04 load; each file's settings
+    must still be what the study's full configuration and the notebooks' parameters give, or the
+    notebooks would silently retrain (or, worse, the files would be stale)."""
+    from pathlib import Path
+
+    from dmat_core.studies.at_dm_setup import ARMS, study_config
+    from dmat_core.toys.nets import load_toy_run
+    models = sorted((Path(__file__).resolve().parents[1] / "notebooks" / "models").glob("*.pt"))
+    assert models, "no finished toy runs in notebooks/models/"
+    cfg = study_config("inlier-ring8")
+    for path in models:
+        model, settings, history = load_toy_run(path)
+        assert history and all(p.isfinite().all() for p in model.parameters())
+        if path.name.startswith("03_"):
+            arm = next(v for v in ARMS if path.name == f"03_inlier-ring8_{v}_seed0.pt")
+            assert settings == {"preset": "inlier-ring8", "arm": ARMS[arm], "at": {"lam": 0.3}, "seed": 0,
+                                **{k: cfg[k] for k in ("dist", "corruption", "p", "s", "n_train", "steps", "batch",
+                                                       "lr", "ema", "width", "depth", "P_mean", "P_std")}}, path.name
+        else:
+            assert path.name.startswith("04_memorization_n") and settings["steps"] == 4000, path.name

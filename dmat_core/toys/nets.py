@@ -17,10 +17,19 @@ read back with `weights_only=True` (tensors and plain data, no code):
     {"format": "dmat-toy-denoiser/1",
      "config": {"dim": int, "sigma_data": float, "width": int, "depth": int, "emb_dim": int},
      "state_dict": the ToyDenoiserMLP's weights}
+
+A **toy run** (:func:`save_toy_run`, :func:`trained_toy`) adds what trained it, so that a notebook
+can load a finished model instead of training it again, and knows when it may not:
+
+    {"format": "dmat-toy-run/1", "denoiser": the dict above,
+     "settings": plain data (everything the training depended on), "history": [{str: float}, ...]}
 """
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -113,10 +122,14 @@ TOY_DENOISER_FORMAT = "dmat-toy-denoiser/1"
 
 def save_toy_denoiser(path, model: ToyDenoiserMLP) -> None:
     """Write a :class:`ToyDenoiserMLP` (its constructor arguments and weights) to `path`, atomically."""
+    atomic_save(_denoiser_dict(model, "save_toy_denoiser"), path)
+
+
+def _denoiser_dict(model, who: str) -> dict:
     if not isinstance(model, ToyDenoiserMLP):
-        raise ValueError(f"save_toy_denoiser saves a ToyDenoiserMLP, got {type(model).__name__}")
+        raise ValueError(f"{who} saves a ToyDenoiserMLP, got {type(model).__name__}")
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    atomic_save({"format": TOY_DENOISER_FORMAT, "config": dict(model.config), "state_dict": state}, path)
+    return {"format": TOY_DENOISER_FORMAT, "config": dict(model.config), "state_dict": state}
 
 
 def load_toy_denoiser(path, map_location="cpu") -> ToyDenoiserMLP:
@@ -141,3 +154,59 @@ def load_toy_denoiser(path, map_location="cpu") -> ToyDenoiserMLP:
 
 __all__ = ["ToyDenoiserMLP", "NoiseConditionedMLP", "NoiseEmbedding", "ResidualBlock", "data_std",
            "save_toy_denoiser", "load_toy_denoiser", "TOY_DENOISER_FORMAT"]
+
+
+TOY_RUN_FORMAT = "dmat-toy-run/1"
+
+
+def _plain(settings) -> dict:
+    """The settings as JSON would give them back (tuples become lists), so they compare after a save."""
+    try:
+        return json.loads(json.dumps(settings, sort_keys=True))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"settings of a toy run must be plain data (numbers, strings, lists, dicts): {e}") from e
+
+
+def save_toy_run(path, model: ToyDenoiserMLP, settings: dict, history: list | None = None) -> None:
+    """Write a trained toy denoiser with the `settings` it was trained with and its training
+    `history` (a list of {name: number} rows) to `path`, atomically."""
+    den = _denoiser_dict(model, "save_toy_run")
+    rows = [{k: float(v) for k, v in r.items() if isinstance(v, (int, float))} for r in (history or [])]
+    atomic_save({"format": TOY_RUN_FORMAT, "settings": _plain(settings), "history": rows, "denoiser": den}, path)
+
+
+def load_toy_run(path) -> tuple[ToyDenoiserMLP, dict, list]:
+    """(denoiser in eval mode, settings, history) of a file :func:`save_toy_run` wrote; ValueError,
+    naming the file, for anything else."""
+    ck = load_checkpoint(path)
+    tag = ck.get("format") if isinstance(ck, dict) else None
+    if tag != TOY_RUN_FORMAT:
+        raise ValueError(f"{path}: not a toy run (format {tag!r}, expected {TOY_RUN_FORMAT!r})")
+    try:
+        den = ck["denoiser"]
+        model = ToyDenoiserMLP.from_config(dict(den["config"]))
+        model.load_state_dict(den["state_dict"])
+        settings, history = dict(ck["settings"]), list(ck["history"])
+    except (KeyError, TypeError, RuntimeError) as e:
+        raise ValueError(f"{path}: a damaged toy run ({type(e).__name__}: {(str(e).splitlines() or [''])[0]})") from e
+    return model.eval(), settings, history
+
+
+def trained_toy(path, settings: dict, train: Callable[[], tuple], retrain: bool = False,
+                save: bool = True) -> tuple[nn.Module, list]:
+    """Load-else-train: the denoiser and history saved at `path` when the file holds a run with
+    exactly these `settings`; otherwise `train()` -> (denoiser, history), saved to `path` when
+    `save`. `retrain` trains even when the file matches. `path` None: always train, save nothing.
+    Says on one line which it did."""
+    want = _plain(settings)
+    if path is not None and Path(path).is_file() and not retrain:
+        model, saved, history = load_toy_run(path)
+        if saved == want:
+            print(f"loaded {path} (trained with these settings; retrain=True trains again)")
+            return model, history
+        diff = sorted(k for k in set(saved) | set(want) if saved.get(k) != want.get(k))
+        print(f"{path} was trained with other settings ({', '.join(diff)}): training")
+    model, history = train()
+    if path is not None and save:
+        save_toy_run(path, model, want, history)
+    return model, history

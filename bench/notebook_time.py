@@ -1,0 +1,122 @@
+"""Time notebooks top to bottom, as a user runs them, and keep the times in bench/notebook_times.json.
+
+    .venv/bin/python bench/notebook_time.py                 # every notebook, its default size here
+    .venv/bin/python bench/notebook_time.py 03 04           # some of them
+    .venv/bin/python bench/notebook_time.py --quick         # the size the tests run (DMAT_QUICK=1)
+
+The default size is what `MODE = None` gives on this machine (full for the toy notebooks 01-04,
+quick for 06-08 without a GPU; the notebook prints it and this script records it). Each run is
+executed with nbclient in a scratch folder (data and runs there too), so nothing in the repository
+changes except what a notebook itself writes on purpose (the finished toy models of notebooks/models/
+when they are missing). The reference for the ratio is the same notebook's quick-mode time on the
+same machine, when it is in the file. Rows are keyed by notebook, size and machine; a new run of
+the same key replaces the old row. bench/notebook_times.md, the table README includes, is written
+from the JSON file after every notebook.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "bench" / "notebook_times.json"
+TABLE = ROOT / "bench" / "notebook_times.md"      # README includes it
+
+
+def machine() -> str:
+    import torch
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"{os.cpu_count()}-core CPU ({platform.machine()})"
+
+
+def run(path: Path, quick: bool, keep: Path | None = None) -> dict:
+    import nbformat
+    from nbclient import NotebookClient
+    nb = nbformat.read(path, as_version=4)
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {"DMAT_DATA": str(Path(tmp) / "data"), "MPLBACKEND": "Agg"}
+        old = {k: os.environ.get(k) for k in (*env, "DMAT_QUICK")}
+        os.environ.update(env)
+        if quick:
+            os.environ["DMAT_QUICK"] = "1"
+        else:
+            os.environ.pop("DMAT_QUICK", None)
+        t0 = time.perf_counter()
+        try:
+            NotebookClient(nb, timeout=None, kernel_name="python3", resources={"metadata": {"path": tmp}}).execute()
+        finally:
+            for k, v in old.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+        seconds = time.perf_counter() - t0
+    if keep is not None:                              # the executed notebook, to read its outputs
+        keep.mkdir(parents=True, exist_ok=True)
+        nbformat.write(nb, keep / path.name)
+    text = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+                     if o.get("output_type") == "stream")
+    m = re.search(r"size: (\w+) \| device: (\w+)", text)
+    return {"notebook": path.name, "size": m.group(1) if m else "?", "device": m.group(2) if m else "?",
+            "machine": machine(), "seconds": round(seconds, 1), "date": datetime.date.today().isoformat(),
+            "loaded_models": text.count("loaded ")}
+
+
+def markdown(rows: list) -> str:
+    """One line per notebook: its measured time in each size, on each machine."""
+    sizes = [(size, m) for size in ("quick", "full") for m in sorted({r["machine"] for r in rows})
+             if any(r["size"] == size and r["machine"] == m for r in rows)]
+    by = {(r["notebook"], r["size"], r["machine"]): r for r in rows}
+    lines = ["| notebook | " + " | ".join(f"{size} size, {m}" for size, m in sizes) + " |",
+             "|---|" + "---|" * len(sizes)]
+    for nb in sorted({r["notebook"] for r in rows}):
+        cells = []
+        for size, m in sizes:
+            r = by.get((nb, size, m))
+            cells.append("–" if r is None else f"{r['seconds'] / 60:.1f} min ({r['date']})" if r["seconds"] >= 90
+                         else f"{r['seconds']:.0f} s ({r['date']})")
+        lines.append(f"| {nb[:2]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n\nMeasured by `bench/notebook_time.py` (top to bottom with nbclient, on a machine " \
+        "shared with other jobs, so these are upper bounds); \"full\" on a CPU is the size a toy notebook runs " \
+        "by default there.\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("notebooks", nargs="*", help="two-digit numbers (default: all)")
+    p.add_argument("--quick", action="store_true", help="the tests' size (DMAT_QUICK=1)")
+    p.add_argument("--keep", type=Path, help="also write the executed notebooks into this folder")
+    a = p.parse_args(argv)
+    paths = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    unknown = set(a.notebooks) - {q.name[:2] for q in paths}
+    if unknown:
+        p.error(f"no notebook numbered {sorted(unknown)}")
+    rows = json.loads(OUT.read_text()) if OUT.is_file() else []
+    for path in paths:
+        if a.notebooks and path.name[:2] not in a.notebooks:
+            continue
+        row = run(path, a.quick, a.keep)
+        rows = [r for r in rows if (r["notebook"], r["size"], r["machine"]) != (row["notebook"], row["size"],
+                                                                               row["machine"])] + [row]
+        ref = next((r for r in rows if r["notebook"] == row["notebook"] and r["size"] == "quick"
+                    and r["machine"] == row["machine"]), None)
+        ratio = f" ({row['seconds'] / ref['seconds']:.1f}x its quick-mode time)" if ref and ref is not row else ""
+        print(f"{row['notebook']}: {row['size']} on {row['machine']}: {row['seconds']:.0f} s{ratio}", flush=True)
+        tmp = OUT.with_suffix(".tmp")
+        tmp.write_text(json.dumps(sorted(rows, key=lambda r: (r["notebook"], r["size"], r["machine"])), indent=1) + "\n")
+        os.replace(tmp, OUT)
+        TABLE.write_text(markdown(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
