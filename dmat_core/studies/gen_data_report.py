@@ -242,11 +242,16 @@ def markdown_table(results: dict) -> str:
 
 
 def _timing(results: dict) -> str:
-    m = results["meta"]
-    return (f"Computing every cell took {m.get('compute_wall_seconds', m['seconds']) / 60:.1f} min of wall time with "
-            f"{m['workers']} worker(s) on a 2-core machine shared with other jobs; the workers spent "
-            f"{m.get('generator_seconds', 0) / 60:.1f} min on the generators (mostly training the DMs) and "
-            f"{m.get('classifier_seconds', 0) / 60:.1f} min on the classifiers.")
+    """What the file cost: training its DMs (whenever that ran; their laws are cached) and the last run."""
+    m, rows = results["meta"], results["rows"]
+    dms = [r for r in rows if "train_seconds" in r]
+    mlp = sum(r["train_seconds"] for r in dms if r["generator"] in MLP_GENERATORS)
+    return (f"Training the {2 * len(dms)} diffusion models of this file (two per DM generator, seed and cell) took "
+            f"{sum(r['train_seconds'] for r in dms) / 60:.0f} worker-minutes ({mlp / 60:.0f} of them the MLP DMs, "
+            "with their samples and likelihoods), on a 2-core machine shared with other jobs, partly in earlier "
+            f"runs whose trained laws are kept under cache/; the last run took {m['seconds'] / 60:.1f} min of wall "
+            f"time with {m['workers']} worker(s), and training the classifiers of every cell took "
+            f"{m.get('classifier_seconds', 0) / 60:.1f} worker-minutes.")
 
 
 # ----------------------------------------------------------------------- figure

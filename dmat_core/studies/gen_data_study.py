@@ -246,6 +246,8 @@ def run_cell(job: dict) -> dict:
                    "clean_acc_exact": robust_accuracy(w, bk, world.mu, world.Sigma, 0.0, norm)}
             if gen != "none":
                 row.update(quality(world, laws[gen]))
+            if gen in DM_GENERATORS or gen in MLP_GENERATORS:    # what training its two DMs took, when it ran
+                row["train_seconds"] = round(float(laws[gen]["seconds"]), 2)
             if gen in DM_GENERATORS:
                 row["fit_w2"] = float(laws[gen]["fit_w2"])
             if gen in MLP_GENERATORS:
