@@ -65,7 +65,7 @@ def run(path: Path, quick: bool, keep: Path | None = None) -> dict:
         nbformat.write(nb, keep / path.name)
     text = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
                      if o.get("output_type") == "stream")
-    m = re.search(r"size: (\w+) \| device: (\w+)", text)
+    m = re.search(r"size: (\w+)[^|]*\| device: (\w+)", text)
     return {"notebook": path.name, "size": m.group(1) if m else "?", "device": m.group(2) if m else "?",
             "machine": machine(), "seconds": round(seconds, 1), "date": datetime.date.today().isoformat(),
             "loaded_models": text.count("loaded ")}
@@ -85,9 +85,9 @@ def markdown(rows: list) -> str:
             cells.append("–" if r is None else f"{r['seconds'] / 60:.1f} min ({r['date']})" if r["seconds"] >= 90
                          else f"{r['seconds']:.0f} s ({r['date']})")
         lines.append(f"| {nb[:2]} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n\nMeasured by `bench/notebook_time.py` (top to bottom with nbclient, on a machine " \
-        "shared with other jobs, so these are upper bounds); \"full\" on a CPU is the size a toy notebook runs " \
-        "by default there.\n"
+    return "\n".join(lines) + "\n\nMeasured by `bench/notebook_time.py` (top to bottom with nbclient; a busy " \
+        "machine adds time). \"full\" on a CPU is the size a toy notebook runs by default there; 03 and 04 then " \
+        "load the models committed in `notebooks/models/` (bench/RESULTS.md has their times with training).\n"
 
 
 def main(argv=None) -> int:

@@ -151,5 +151,8 @@ def test_the_committed_notebook_models_match_the_settings_the_notebooks_use_now(
             assert settings == {"preset": "inlier-ring8", "arm": ARMS[arm], "at": {"lam": 0.3}, "seed": 0,
                                 **{k: cfg[k] for k in ("dist", "corruption", "p", "s", "n_train", "steps", "batch",
                                                        "lr", "ema", "width", "depth", "P_mean", "P_std")}}, path.name
-        else:
-            assert path.name.startswith("04_memorization_n") and settings["steps"] == 4000, path.name
+        else:                                   # notebook 04's memorization models (its full-size parameters)
+            n, v = (int(path.name.split("_n")[1].split("_")[0]), path.name.split("_")[3])
+            assert path.name == f"04_memorization_n{n}_{v}_seed0.pt" and n in (8, 32, 128, 1024), path.name
+            assert settings == {"dist": "ring8", "n_train": n, "data_seed": 1000 + n, "variant": v, "seed": 0,
+                                "steps": 4000, "batch": 256}, path.name
