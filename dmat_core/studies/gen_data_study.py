@@ -353,7 +353,6 @@ def run_study(out: str | Path, preset: str | None = None, seeds: int = 20, quick
     results["rows"] = rows
     atomic_write_text(out / "results.json", dumps({**results, "analysis": None}))   # the rows first: a report
     results["analysis"] = analyse(rows, cfg, worlds)                                 # error loses no computed cell
-    results = {**{k: v for k, v in results.items() if k != "rows"}, "rows": rows}
     table = markdown_table(results)
     atomic_write_text(out / "results.json", dumps(results))
     atomic_write_text(out / "table.md", table + "\n")
