@@ -41,7 +41,7 @@ def small_config(tiny, out, **kw):
                 steps=N_STEPS, n_val=40, attack_steps=2, val_steps=3, val_every=4, checkpoint_every=4,
                 log_every=2, schedule_unit="step", amp="off", progress=False, seed=3)
     base.update(kw)
-    return TrainATConfig.from_dict(base).validate()
+    return TrainATConfig.from_dict(base)
 
 
 def tensors(trainer_or_ck):
@@ -222,9 +222,33 @@ def test_preset_without_generated_data_uses_the_real_epoch(tiny):
     assert mixed.num_batches == math.ceil(200 / 32)              # the real set's size (CIFAR-10: 50000)
     assert make_config("colab-small", unsup_fraction=0.0, epoch_size=1000).epoch_size == 1000
     assert make_config("paper-wrn28-10", generated="g.npz", epoch_size=None).epoch_size is None
-    assert make_config("cpu-quick", amp=None).amp == "auto"      # None: the default, not the preset's
-    with pytest.raises(ValueError, match="unknown config key"):
+    with pytest.raises(ValueError, match="unknown setting"):
         make_config("cpu-quick", epochsize=None)
+
+
+def test_none_is_a_value_where_a_setting_says_what_it_means():
+    """One meaning of unset: a setting left out keeps the layer below's value; None is a value,
+    allowed where the field says what it means and refused elsewhere (not "back to the default")."""
+    assert make_config("cpu-quick").checkpoint_every == 8                   # the preset's
+    assert make_config("cpu-quick", checkpoint_every=None).checkpoint_every is None   # None: one epoch
+    assert make_config("cpu-quick", attack_step_size=None).attack_step_size is None   # the attack's default
+    with pytest.raises(ValueError, match=r'amp=null: amp must be one of "auto", "bf16", "fp16", "off"'):
+        make_config("cpu-quick", amp=None)
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(augment="False"), 'augment="False": augment must be true or false'),
+    (dict(make_tiny_data="no"), 'make_tiny_data="no": make_tiny_data must be true or false'),
+    (dict(beta=True), "beta=true: beta must be a number in [0, 1e+06]"),
+    (dict(attack_steps=2.0), "attack_steps=2.0: attack_steps must be an integer >= 1"),
+    (dict(batch_size=0), "batch_size=0: batch_size must be an integer >= 1"),
+    (dict(lr=float("nan")), "lr=NaN: lr must be a number in (0, 100]"),
+    (dict(arch_kw="width=8"), 'arch_kw="width=8": arch_kw must be a JSON object'),
+])
+def test_settings_are_strictly_typed(change, message):
+    with pytest.raises(ValueError) as e:
+        make_config("cpu-quick", **change)
+    assert message in str(e.value) and "\n" not in str(e.value)
 
 
 def test_device_comes_from_the_config(tiny, monkeypatch):
@@ -240,8 +264,9 @@ def test_device_comes_from_the_config(tiny, monkeypatch):
     for bad in ("gpu", "cuda:x", "cpu:0:1"):
         with pytest.raises(ValueError, match="device must be"):
             small_config(tiny, tiny / "runs" / "device", device=bad)
-    assert TrainATConfig(device=torch.device("cpu")).device == "cpu"       # JSON-ready
-    assert TrainATConfig.from_dict({"device": None}).device == "auto"      # config files of before
+    assert TrainATConfig(device=torch.device("cpu"), unsup_fraction=0.0).device == "cpu"       # JSON-ready
+    with pytest.raises(ValueError, match="device=null: device must be a string"):
+        TrainATConfig.from_dict({"device": None, "unsup_fraction": 0.0})
 
 
 def test_pgd_at_method_runs(tiny):
@@ -323,15 +348,15 @@ def test_resume_with_another_architecture_is_refused(tiny, reference):
 
 @pytest.mark.parametrize("change,message", [
     (dict(eps=8), "write 8/255"),
-    (dict(eps=-0.1), "eps=-0.1 must lie in"),
+    (dict(eps=-0.1), r"eps=-0.1: eps must be a number in \(0, 64\]"),
     (dict(generated=None), "no generated set is given"),
     (dict(method="madry"), "method must be"),
-    (dict(learning_rate=0.1), "unknown config key"),
+    (dict(learning_rate=0.1), "unknown setting 'learning_rate'"),
 ])
 def test_bad_settings_are_clear_errors(tiny, change, message):
     base = small_config(tiny, tiny / "runs" / "bad").to_dict()
     with pytest.raises(ValueError, match=message):
-        TrainATConfig.from_dict({**base, **change}).validate()
+        TrainATConfig.from_dict({**base, **change})
     assert not (tiny / "runs" / "bad").exists()
 
 

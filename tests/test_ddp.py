@@ -45,8 +45,8 @@ def test_two_processes_match_one(tmp_path):
                label_smoothing=0.1, batch_size=32, lr=0.05, steps=6, n_val=40, attack_steps=3,
                val_steps=2, val_every=3, checkpoint_every=3, log_every=1, schedule_unit="step",
                amp="off", progress=False, seed=1)
-    one = TrainATConfig.from_dict({**cfg, "out_dir": str(tmp_path / "one")}).validate()
-    two = TrainATConfig.from_dict({**cfg, "out_dir": str(tmp_path / "two")}).validate()
+    one = TrainATConfig.from_dict({**cfg, "out_dir": str(tmp_path / "one")})
+    two = TrainATConfig.from_dict({**cfg, "out_dir": str(tmp_path / "two")})
     two.save(tmp_path / "two.json")
 
     t0 = time.perf_counter()

@@ -247,17 +247,20 @@ def test_two_processes_match_one(tiny_dir, tmp_path):
 
 # ----------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize("flags,message", [
-    (["--noise-p", "1.5"], "noise_p=1.5 must be a number in [0.0, 1.0]"),
-    (["--lam", "-1"], "lam=-1.0 must be a number"),
-    (["--at-variant", "fgsm"], "unknown AT variant 'fgsm'"),
-    (["--set", "size=huge"], "unknown U-Net size 'huge'"),
+    (["--noise-p", "1.5"], "noise_p=1.5: noise_p must be a number in [0, 1]"),
+    (["--lam", "-1"], "lam=-1.0: lam must be a number >= 0"),
+    (["--at-variant", "fgsm"], 'at_variant="fgsm": at_variant must be one of "standard", "random"'),
+    (["--set", "size=huge"], 'size="huge": size must be one of "tiny", "small", "large"'),
     (["--noise-std", "-0.1"], "noise_std=-0.1"),
-    (["--batch", "0"], "batch_size must be an integer >= 1"),
-    (["--batch-size", "-2"], "batch_size must be an integer >= 1"),
+    (["--batch", "0"], "batch_size=0: batch_size must be an integer >= 1"),
+    (["--batch-size", "-2"], "batch_size=-2: batch_size must be an integer >= 1"),
     (["--device", "tpu"], "device must be auto, cpu, cuda or cuda:N, got 'tpu'"),
     (["--set", "lam"], "--set expects key=value, got 'lam'"),
     (["--set", "=0.5"], "--set expects key=value, got '=0.5'"),
-    (["--set", "unet={\"width\": 3}"], "unknown U-Net setting(s) ['width']"),
+    (["--set", "unet={\"width\": 3}"], "unknown setting 'unet.width'; known in unet: model_channels"),
+    (["--set", "unet={\"channel_mult\": \"1,2\"}"], 'unet.channel_mult="1,2": must be a valid list'),
+    (["--set", "flip=False"], 'flip="False": flip must be true or false'),
+    (["--set", "grad_clip=0"], "grad_clip=0: grad_clip must be null or a number > 0"),
 ])
 def test_cli_refuses_bad_input(tmp_path, capsys, flags, message):
     out = tmp_path / "run"

@@ -1,7 +1,11 @@
 """The `dmat` command line (also `python -m dmat_core`).
 
 Each experiment module owns its sub-command through an `add_parser(subparsers)` function;
-this file only assembles them and turns a bad argument into one clear line (exit code 2).
+this file assembles them and turns every error into one clear line on stderr: exit code 2 for
+bad input (a bad argument or setting, a missing or wrong file, an output that may not be
+written, found before any work starts), 1 for a failure during the work (a full disk, a loss
+that became NaN), never a traceback unless ``dmat --debug ...`` asks for it. The output policy
+every sub-command follows is :mod:`dmat_core.common.outputs`.
 """
 from __future__ import annotations
 
@@ -12,13 +16,29 @@ import sys
 import numpy as np
 
 from .. import __version__
+from ..common import outputs
 from ..common.settings import one_line_errors
 
 EPILOG = """examples:
   dmat demo                                    samplers on exact denoisers, exact metrics
   dmat toy sample --dist ring8 --sampler heun --steps 18 --n 20000 --out x.npz --json
   dmat toy likelihood --dist ring8 --denoiser exact --n 2000 --seed 0 --json
+
+settings (train-at, train-dm): defaults < --preset < --config FILE.json < flags < --set key=value,
+strictly typed: a bool is true/false, a number a number; a wrong value is refused in one line
+naming the key, the value and what is allowed.
+outputs (every command): checked before any work starts; an existing output of another run or
+kind is refused unless --overwrite; files appear only complete. Exit code 2: bad input, nothing
+written; 1: a failure during the work; --debug shows the traceback.
 """
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser (and every sub-command's, which inherit its class) whose errors are one
+    line and exit code 2, without the usage block."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def _toy_sample(a: argparse.Namespace) -> int:
@@ -137,10 +157,11 @@ def _add_toy(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
 def build_parser() -> argparse.ArgumentParser:
     from ..studies import demo
 
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="dmat", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="dmat: diffusion models and adversarial training, measured exactly.")
     parser.add_argument("--version", action="version", version=f"dmat {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     demo.add_parser(sub)
     tsub = _add_toy(sub)
@@ -164,13 +185,36 @@ def _extension_hooks():
             lambda sub, tsub: generate_cli.add_parser(sub)]
 
 
+def error_line(e: BaseException) -> tuple[int, str]:
+    """(exit code, one line) for an error that ended a command: 2 for bad input, 1 for a
+    failure during the work (see the module docstring)."""
+    from ..common.training import NonFiniteLossError
+    if isinstance(e, OSError):
+        text = outputs.describe_os_error(e)
+        bad_input = isinstance(e, (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError))
+        code = 2 if bad_input or not outputs.work_started() else 1
+    elif isinstance(e, NonFiniteLossError):
+        code, text = 1, str(e)
+    elif isinstance(e, (ValueError, KeyError)):
+        code, text = 2, str(e) if isinstance(e, ValueError) else f"missing entry {e}"
+    elif isinstance(e, MemoryError) or "out of memory" in str(e).lower():
+        code, text = 1, f"out of memory ({type(e).__name__}): lower --batch-size, or use a larger machine"
+    else:
+        code, text = 1, f"{type(e).__name__}: {e} (an unexpected error; run `dmat --debug ...` for the traceback)"
+    return code, " ".join(str(text).split()) or type(e).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    outputs.reset_phase()
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
-        parser.exit(2, f"dmat: error: {e}\n")
     except KeyboardInterrupt:
         print("dmat: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        if args.debug:
+            raise
+        code, text = error_line(e)
+        parser.exit(code, f"dmat: error: {text}\n")

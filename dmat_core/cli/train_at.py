@@ -6,11 +6,12 @@
     dmat eval --checkpoint runs/quick/best.pt --data-dir data/tiny --n 100 --attacks clean,pgd --out eval.json
     dmat eval --checkpoint cifar10_linf_wrn28-10.pt --arch wrn-28-10 --n 1000 --out eval.json
 
-Settings: the paper's defaults < ``--preset`` < ``--config FILE.json`` < flags < ``--set key=value``.
+Settings: the paper's defaults < ``--preset`` < ``--config FILE.json`` < flags < ``--set key=value``,
+strictly typed (``--set augment=false``; ``--set augment=False`` is refused, not read as true).
 A killed run resumes where its last checkpoint left it when started again with the same
-``--out`` and settings; a finished one is not trained again (its ``result.json`` is printed;
-delete the folder or use another ``--out`` to retrain). Results are JSON (stdout,
-``result.json``, ``--out`` of eval).
+``--out`` and settings; a finished one is not trained again (its ``result.json`` is printed);
+a folder holding a run of other settings is refused unless ``--overwrite``. Results are JSON
+(stdout, ``result.json``, ``--out`` of eval, which refuses an existing file unless ``--overwrite``).
 """
 from __future__ import annotations
 
@@ -22,22 +23,25 @@ from pathlib import Path
 
 import torch
 
-from ..common.settings import parse_eps, resolve_device
-from ..robust.config import PRESET_NOTES, PRESETS, make_config
+from ..common.outputs import check_out_file, start_work
+from ..common.settings import SettingsError, check_device, int_at_least, parse_eps
+from ..robust.config import PRESET_NOTES, PRESETS, TrainATConfig, make_config
 from ..robust.evaluate import ATTACKS
 from .settings import add_run_args, config_from_args, print_result, training_parser
 
 # ----------------------------------------------------------------------------- train-at
 
 def _train_main(a: argparse.Namespace) -> int:
-    from ..robust.train import train_at
+    from ..robust.train import check_run, train_at
 
     cfg = config_from_args(
-        a, make_config, out_dir=a.out, data_dir=a.data_dir, generated=a.generated, arch=a.arch,
+        a, make_config, TrainATConfig, out_dir=a.out, data_dir=a.data_dir, generated=a.generated, arch=a.arch,
         method=a.method, epochs=a.epochs, steps=a.steps, batch_size=a.batch_size, lr=a.lr, beta=a.beta,
-        eps=parse_eps(a.eps) if a.eps is not None else None, unsup_fraction=a.unsup_fraction,
-        checkpoint_every=a.checkpoint_every, val_every=a.val_every, n_val=a.n_val)
-    print_result(train_at(cfg, reuse=True, fresh=a.fresh))
+        eps=a.eps, unsup_fraction=a.unsup_fraction, checkpoint_every=a.checkpoint_every,
+        val_every=a.val_every, n_val=a.n_val)
+    check_run(cfg, overwrite=a.overwrite)             # reads only: the output folder, the inputs
+    start_work()
+    print_result(train_at(cfg, reuse=True, fresh=a.overwrite))
     return 0
 
 
@@ -65,8 +69,23 @@ def _add_train(sub) -> None:
 
 # ----------------------------------------------------------------------------- eval
 
+def json_object_flag(text, flag: str):
+    """The JSON object a flag such as ``--arch-kw`` holds (None when not given), or one line naming the flag."""
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise SettingsError(f"{flag}: not valid JSON ({e.msg} at column {e.colno}): {text!r}; "
+                            "write e.g. '{\"width\": 8}'") from None
+    if not isinstance(value, dict):
+        raise SettingsError(f"{flag}: must be a JSON object such as '{{\"width\": 8}}', got {text!r}")
+    return value
+
+
 def _eval_main(a: argparse.Namespace) -> int:
     from ..common.checkpoint import atomic_write_text
+    from ..common.settings import resolve_device
     from ..images.data import default_root, load_cifar, split_validation, to_tensor_images
     from ..robust.evaluate import evaluate, load_trained_classifier
 
@@ -80,12 +99,12 @@ def _eval_main(a: argparse.Namespace) -> int:
         raise ValueError(f"--norm must be linf or l2, got {a.norm!r}")
     if not (math.isfinite(eps) and 0 < eps <= (1.0 if norm == "linf" else 64.0)):
         raise ValueError(f"--eps={a.eps} is out of range for {norm} on images in [0, 1] (e.g. 8/255)")
-    if a.n < 1:
-        raise ValueError(f"--n must be >= 1, got {a.n}")
-    if Path(a.out).is_dir():
-        raise ValueError(f"--out {a.out} is a folder; give a file name such as eval.json")
+    check_device(a.device)
+    arch_kw = json_object_flag(a.arch_kw, "--arch-kw")
+    if not Path(a.checkpoint).is_file():
+        raise FileNotFoundError(f"--checkpoint {a.checkpoint}: no such file")
+    check_out_file(a.out, overwrite=a.overwrite, size=1 << 16)
     device = resolve_device(a.device)
-    arch_kw = json.loads(a.arch_kw) if a.arch_kw else None
     model, info = load_trained_classifier(a.checkpoint, a.arch, arch_kw=arch_kw, weights=a.weights,
                                           num_classes=100 if a.dataset == "cifar100" else None)
     model = model.to(device)
@@ -94,6 +113,7 @@ def _eval_main(a: argparse.Namespace) -> int:
     if a.split == "val":
         _, (images, labels) = split_validation(images, labels, a.n_val)
     x, y = to_tensor_images(images[:a.n]), torch.as_tensor(labels[:a.n])
+    start_work()
     t0 = time.perf_counter()
     result = evaluate(model, x, y, attacks=attacks, eps=eps, norm=norm, pgd_steps=a.pgd_steps,
                       pgd_restarts=a.pgd_restarts, pgd_loss=a.pgd_loss, aa_version=a.aa_version,
@@ -120,21 +140,22 @@ def _add_eval(sub) -> None:
     p.add_argument("--dataset", choices=["cifar10", "cifar100"], default="cifar10")
     p.add_argument("--split", choices=["test", "val"], default="test",
                    help="test set, or the held-out first --n-val training images")
-    p.add_argument("--n-val", type=int, default=1024, help="size of the held-out split (1024)")
-    p.add_argument("--n", type=int, default=1000, help="number of images (default 1000)")
+    p.add_argument("--n-val", type=int_at_least(1), default=1024, help="size of the held-out split (1024)")
+    p.add_argument("--n", type=int_at_least(1), default=1000, help="number of images (default 1000)")
     p.add_argument("--attacks", default="clean,pgd,autoattack", help="comma list of clean,pgd,autoattack")
     p.add_argument("--eps", default="8/255", help="budget (default 8/255)")
     p.add_argument("--norm", default="linf", help="linf (default) or l2")
-    p.add_argument("--pgd-steps", type=int, default=20)
-    p.add_argument("--pgd-restarts", type=int, default=1)
+    p.add_argument("--pgd-steps", type=int_at_least(1), default=20)
+    p.add_argument("--pgd-restarts", type=int_at_least(1), default=1)
     p.add_argument("--pgd-loss", choices=["ce", "cw"], default="ce")
     p.add_argument("--aa-version", default="standard", choices=["standard", "plus", "rand"])
-    p.add_argument("--aa-n-iter", type=int, help="shorten APGD/FAB (quick checks only: not comparable)")
-    p.add_argument("--aa-n-queries", type=int, help="shorten Square (quick checks only)")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--aa-n-iter", type=int_at_least(1), help="shorten APGD/FAB (quick checks only: not comparable)")
+    p.add_argument("--aa-n-queries", type=int_at_least(1), help="shorten Square (quick checks only)")
+    p.add_argument("--batch-size", type=int_at_least(1), default=256)
     p.add_argument("--device", help="auto (default: cuda if available, else cpu), cpu, cuda, cuda:N")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True, help="JSON file to write")
+    p.add_argument("--seed", type=int_at_least(0), default=0)
+    p.add_argument("--out", required=True, help="JSON file to write (an existing file is refused unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.set_defaults(func=_eval_main)
 
 

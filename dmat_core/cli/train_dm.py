@@ -4,28 +4,32 @@
     dmat train-dm --preset colab-small --out runs/dm --noise-p 0.9 --noise-std 0.2 --at-variant adversarial
     torchrun --standalone --nproc_per_node 8 -m dmat_core train-dm --preset paper --out runs/dm-paper
 
-Settings: defaults < ``--preset`` < ``--config FILE.json`` < flags < ``--set key=value``. A killed
-run resumes where its last checkpoint left it when started again with the same ``--out`` and
-settings; a folder holding a run with other settings is refused unless ``--fresh``. The EMA
+Settings: defaults < ``--preset`` < ``--config FILE.json`` < flags < ``--set key=value``, strictly
+typed (``--set flip=false``; ``--set flip=False`` is refused, not read as true). A killed run
+resumes where its last checkpoint left it when started again with the same ``--out`` and
+settings; a folder holding a run with other settings is refused unless ``--overwrite``. The EMA
 denoiser is then ``dmat_core.images.unet.load_image_denoiser(OUT/checkpoint.pt)``.
 """
 from __future__ import annotations
 
 import argparse
 
-from ..images.dm_config import DM_PRESET_NOTES, DM_PRESETS, make_dm_config
+from ..common.outputs import start_work
+from ..images.dm_config import DM_PRESET_NOTES, DM_PRESETS, TrainDMConfig, make_dm_config
 from ..images.unet import UNET_SIZES
 from .settings import add_run_args, config_from_args, print_result, training_parser
 
 
 def _main(a: argparse.Namespace) -> int:
-    from ..images.dm_train import train_dm
+    from ..images.dm_train import check_run, train_dm
 
     cfg = config_from_args(
-        a, make_dm_config, out_dir=a.out, data_dir=a.data_dir, dataset=a.dataset, size=a.size,
+        a, make_dm_config, TrainDMConfig, out_dir=a.out, data_dir=a.data_dir, dataset=a.dataset, size=a.size,
         steps=a.steps, batch_size=a.batch_size, lr=a.lr, at_variant=a.at_variant, lam=a.lam,
         at_floor=a.at_floor, noise_p=a.noise_p, noise_std=a.noise_std, checkpoint_every=a.checkpoint_every)
-    result = train_dm(cfg, fresh=a.fresh)
+    check_run(cfg, overwrite=a.overwrite)             # reads only: the output folder, the inputs
+    start_work()
+    result = train_dm(cfg, fresh=a.overwrite)
     print_result(result, f"checkpoint: {result['files']['checkpoint.pt']}  (load_image_denoiser reads its EMA weights)")
     return 0
 

@@ -6,15 +6,19 @@ directory, flush and ``fsync`` it, then ``os.replace`` it onto the target (atomi
 and Windows). On any error the temporary file is removed and the old target is untouched.
 
 Checkpoints are loaded with ``torch.load(weights_only=True)``: tensors, numbers, strings,
-lists, tuples and dicts only, no code. :func:`rng_state` therefore stores every generator
-state (python ``random``, numpy's global ``RandomState``, torch CPU, every CUDA device, and
-any ``torch.Generator`` passed in) as tensors and plain python values.
+lists, tuples and dicts only, no code. :func:`rng_state` therefore stores generator states as
+tensors: torch's CPU and CUDA generators and any ``torch.Generator`` passed in, the only random
+state dmat's trainers draw from (each reseeds them from the run's seed and step). Python's
+``random`` and numpy's global generator are not stored: no trainer uses them, and they start from
+the operating system's entropy, so storing them made two identical runs write different files.
+
+An operating-system error while writing (a full disk, a folder that cannot be written) is raised
+as an ``OSError`` that names the file being written (:func:`atomic_open`).
 """
 from __future__ import annotations
 
 import contextlib
 import os
-import random
 import tempfile
 import warnings
 from pathlib import Path
@@ -48,8 +52,11 @@ def atomic_open(path: PathLike, mode: str = "wb", **kwargs: Any) -> Iterator[IO]
     if "w" not in mode:
         raise ValueError(f"atomic_open writes files; mode must contain 'w', got {mode!r}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise _naming(e, path) from None
     try:
         with os.fdopen(fd, mode, **kwargs) as f:
             yield f
@@ -57,11 +64,32 @@ def atomic_open(path: PathLike, mode: str = "wb", **kwargs: Any) -> Iterator[IO]
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_UMASK)   # mkstemp makes 0600; give the file the usual mode
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+    except BaseException as e:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
+        os_error = _os_error_in(e)        # torch.save reports a failed write as a RuntimeError
+        if os_error is not None:
+            raise _naming(os_error, path) from None
         raise
     _fsync_dir(path.parent)
+
+
+def _naming(e: OSError, path: Path) -> OSError:
+    """The same error, naming the file being written (errors of writes to an open file name none)."""
+    if e.filename is not None or e.errno is None:
+        return e
+    return type(e)(e.errno, e.strerror or os.strerror(e.errno), str(path))
+
+
+def _os_error_in(e: BaseException):
+    """The OSError that ``e`` is, or that caused it (a few links up its chain), else None."""
+    for _ in range(4):
+        if e is None or isinstance(e, OSError):
+            return e
+        if not isinstance(e, RuntimeError):
+            return None
+        e = e.__cause__ or e.__context__
+    return None
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -138,25 +166,17 @@ def _named(generators: Generators) -> dict[str, torch.Generator]:
 
 
 def rng_state(generators: Generators = None) -> dict[str, Any]:
-    """Every random state a run depends on, in a form ``torch.load(weights_only=True)`` accepts.
+    """The random state of torch a run draws from, in a form ``torch.load(weights_only=True)``
+    accepts (see the module docstring for why Python's and numpy's are left out).
 
     Args:
         generators: extra ``torch.Generator`` objects (a dict name -> generator, or a list)
             such as a data sampler's or an augmentation's generator.
 
     Returns:
-        ``{'python': ..., 'numpy': ..., 'torch': ByteTensor, 'cuda': [ByteTensor, ...],
-        'generators': {name: ByteTensor}}``; numpy's state tuple becomes a dict holding an
-        int64 tensor and python numbers.
+        ``{'torch': ByteTensor, 'cuda': [ByteTensor, ...], 'generators': {name: ByteTensor}}``.
     """
-    version, internal, gauss_next = random.getstate()
-    name, key, pos, has_gauss, cached_gaussian = np.random.get_state(legacy=True)
     return {
-        "python": {"version": int(version), "state": torch.tensor(internal, dtype=torch.int64),
-                   "gauss_next": gauss_next},
-        "numpy": {"bit_generator": str(name), "key": torch.from_numpy(key.astype(np.int64)),
-                  "pos": int(pos), "has_gauss": int(has_gauss),
-                  "cached_gaussian": float(cached_gaussian)},
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         "generators": {k: g.get_state() for k, g in _named(generators).items()},
@@ -164,12 +184,8 @@ def rng_state(generators: Generators = None) -> dict[str, Any]:
 
 
 def set_rng_state(state: Mapping[str, Any], generators: Generators = None) -> None:
-    """Restore what :func:`rng_state` captured (pass the same ``generators``, same names)."""
-    py = state["python"]
-    random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss_next"]))
-    npst = state["numpy"]
-    np.random.set_state((npst["bit_generator"], npst["key"].cpu().numpy().astype(np.uint32),
-                         npst["pos"], npst["has_gauss"], npst["cached_gaussian"]))
+    """Restore what :func:`rng_state` captured (pass the same ``generators``, same names). The
+    Python and numpy states that checkpoints of earlier versions hold are ignored (never used)."""
     torch.set_rng_state(state["torch"].cpu())
     cuda = list(state.get("cuda", []))
     if cuda:

@@ -34,7 +34,8 @@ import torch.distributed as dist
 
 from .train_utils import all_reduce_sum
 
-__all__ = ["Trainer", "NonFiniteLossError", "RunMismatchError", "prepare_out_dir", "check_resumable"]
+__all__ = ["Trainer", "NonFiniteLossError", "RunMismatchError", "prepare_out_dir", "check_resumable",
+           "check_run_folder"]
 
 
 class NonFiniteLossError(ValueError):
@@ -80,6 +81,41 @@ def check_resumable(ck, where, *, format: str, what: str, saved: dict, now: dict
             f"{k}: {saved.get(k)!r} there, {now[k]!r} now" for k in diff)
             + ". Resume with the same settings, use another output folder, or start over with "
             "fresh=True (--fresh).")
+
+
+def check_run_folder(out_dir, config, *, what: str, may_change: Iterable[str], overwrite: bool = False,
+                     run_files: Iterable[str] = ()) -> Optional[str]:
+    """Before any work (reads only): may a run of ``config`` (a :class:`~dmat_core.common.settings.Settings`)
+    write into ``out_dir``? The folder must be a writable folder or absent
+    (:func:`~dmat_core.common.outputs.check_out_dir`); its ``config.json``, when there, must be a
+    config of this kind (checked against the schema) with the same settings except ``may_change``;
+    files of a run (``run_files``) without a ``config.json`` are another run's. Refused with
+    :class:`RunMismatchError` naming the differences, unless ``overwrite`` (``--overwrite``: that
+    run's files are removed when the trainer starts). Returns "resume", "new" or "overwrite"."""
+    from .outputs import check_out_dir
+    out = check_out_dir(out_dir)
+    if not out.is_dir():
+        return "new"
+    found = [f for f in run_files if (out / f).exists()]
+    saved_file = out / "config.json"
+    if overwrite:
+        return "overwrite" if found or saved_file.exists() else "new"
+    advice = "use another --out, or --overwrite to replace that run"
+    if saved_file.exists():
+        try:
+            saved = type(config).from_file(saved_file, f"{what} config").to_dict()
+        except ValueError as e:
+            raise RunMismatchError(f"{saved_file} is not the config of a {what} run ({e}); {advice}") from None
+        now, may_change = config.to_dict(), set(may_change)
+        diff = [k for k in now if k not in may_change and saved.get(k) != now[k]]
+        if diff:
+            raise RunMismatchError(f"{out} holds a {what} run with other settings: " + "; ".join(
+                f"{k}: {saved.get(k)!r} there, {now[k]!r} now" for k in diff)
+                + f". Resume with the same settings, {advice}")
+        return "resume"
+    if found and "checkpoint.pt" not in found:
+        raise RunMismatchError(f"{out} holds {', '.join(found)} but no config.json: files of another run; {advice}")
+    return "resume" if found else "new"
 
 
 class Trainer:

@@ -11,86 +11,84 @@ A preset overrides a few fields; a JSON config file or command-line flags overri
 """
 from __future__ import annotations
 
-import json
-import math
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Dict, Optional
+from typing import Annotated, ClassVar, List, Literal, Optional
 
-from ..common.settings import check_device, parse_eps, preset_and_file
-from ..diffusion.losses import ATConfig
-from .unet import UNET_KEYS, UNET_SIZES
+from pydantic import BeforeValidator, ConfigDict, Field, model_validator
+from typing_extensions import TypedDict
 
-__all__ = ["TrainDMConfig", "DM_PRESETS", "DM_PRESET_NOTES", "make_dm_config"]
+from ..common.settings import Budget, Device, Settings
+from ..diffusion.losses import VARIANTS, WEIGHTINGS, ATConfig
+from .unet import UNET_SIZES
+
+__all__ = ["TrainDMConfig", "UNetOverrides", "DM_PRESETS", "DM_PRESET_NOTES", "make_dm_config"]
+
+PosInt = Annotated[int, Field(ge=1)]
 
 
-@dataclass
-class TrainDMConfig:
+class UNetOverrides(TypedDict, total=False):
+    """Settings of the U-Net that override those of its size (:data:`~dmat_core.images.unet.UNET_SIZES`)."""
+
+    __pydantic_config__ = ConfigDict(strict=True, extra="forbid")   # type: ignore[misc]
+    model_channels: PosInt
+    channel_mult: Annotated[List[PosInt], Field(min_length=1)]       # e.g. [1, 2, 2]
+    num_blocks: PosInt
+    attn_resolutions: List[PosInt]
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)]
+    head_channels: PosInt
+
+
+def _as_list(v):
+    return list(v) if isinstance(v, tuple) else v          # (0.9, 0.999) written in Python
+
+
+class TrainDMConfig(Settings):
     """All settings of one run of `dmat train-dm` (defaults: the colab-small recipe)."""
 
-    sigma_data = 0.5                        # images in [-1, 1] (a constant, not a setting)
+    sigma_data: ClassVar[float] = 0.5      # images in [-1, 1] (a constant, not a setting)
 
     # -- data
-    data_dir: Optional[str] = None          # CIFAR python format; default $DMAT_DATA, else ./data
-    dataset: str = "cifar10"                # or "cifar100"
+    data_dir: Optional[str] = None          # CIFAR python format; None: $DMAT_DATA, else ./data
+    dataset: Literal["cifar10", "cifar100"] = "cifar10"
     flip: bool = True                       # random horizontal flip
-    noise_p: float = 0.0                    # fraction of training images corrupted (paper: 0.9)
-    noise_std: float = 0.1                  # std of that noise, [0, 1] image units (paper: 0.1, 0.2)
+    noise_p: float = Field(0.0, ge=0.0, le=1.0)   # fraction of training images corrupted (paper: 0.9)
+    noise_std: Budget = Field(0.1, ge=0.0, le=10.0)   # std of that noise, [0, 1] image units (paper: 0.1, 0.2)
     make_tiny_data: bool = False            # no CIFAR under data_dir: write the tiny synthetic archive
     # -- model
-    size: str = "small"                     # U-Net size (dmat_core.images.unet.UNET_SIZES)
-    unet: Dict[str, Any] = field(default_factory=dict)   # overrides of the size's settings
+    size: Literal[tuple(UNET_SIZES)] = "small"   # type: ignore[valid-type]  # U-Net size (UNET_SIZES)
+    unet: UNetOverrides = Field(default_factory=dict)   # overrides of the size's settings
     conditional: bool = True                # class-conditional (labels from the archive)
     # -- loss: EDM denoising + lambda * AT for DMs (dmat_core.diffusion.losses.at_dm_loss)
-    at_variant: str = "standard"            # standard / random / adversarial / invariance
-    lam: float = 0.3                        # weight of the AT term (paper: 0.3)
-    at_floor: float = 8 / 255               # smallest perturbation, [0, 1] image units
-    at_r_max: float = 1.0                   # budget r(sigma) = max(r_max u^exponent, floor), noise units
-    at_exponent: float = 2.0
-    at_fgsm_step: float = 1.0               # FGSM step, fraction of r(sigma)
-    at_attack_target: str = "gap"           # FGSM maximises the prediction gap (paper) or the residual
+    at_variant: Literal[tuple(VARIANTS)] = "standard"   # type: ignore[valid-type]
+    lam: float = Field(0.3, ge=0.0)         # weight of the AT term (paper: 0.3)
+    at_floor: Budget = Field(8 / 255, ge=0.0, le=1.0)   # smallest perturbation, [0, 1] image units
+    at_r_max: float = Field(1.0, gt=0.0)    # budget r(sigma) = max(r_max u^exponent, floor), noise units
+    at_exponent: float = Field(2.0, ge=0.0)
+    at_fgsm_step: float = Field(1.0, ge=0.0)   # FGSM step, fraction of r(sigma)
+    at_attack_target: Literal["gap", "residual"] = "gap"   # FGSM maximises the prediction gap (paper) or the residual
     at_detach_clean: bool = False
-    weighting: str = "edm"                  # per-sigma weight of both terms (edm / eps)
-    P_mean: float = -1.2                    # ln sigma ~ N(P_mean, P_std^2) (EDM)
-    P_std: float = 1.2
+    weighting: Literal[tuple(WEIGHTINGS)] = "edm"   # type: ignore[valid-type]  # per-sigma weight of both terms
+    P_mean: float = Field(-1.2, ge=-20.0, le=20.0)   # ln sigma ~ N(P_mean, P_std^2) (EDM)
+    P_std: float = Field(1.2, ge=0.0)
     # -- optimisation
-    batch_size: int = 128                   # global batch (all ranks together)
-    steps: int = 30_000
-    lr: float = 4e-4                        # Adam, linear warm-up, then constant (EDM)
-    warmup_steps: int = 1000
-    adam_betas: tuple = (0.9, 0.999)
-    grad_clip: Optional[float] = 1.0
-    ema_tau: float = 0.9999                 # EMA decay min(tau, (1+t)/(10+t)) (train_utils.EMA)
+    batch_size: int = Field(128, ge=1)      # global batch (all ranks together)
+    steps: int = Field(30_000, ge=1)
+    lr: float = Field(4e-4, gt=0.0, le=1.0)   # Adam, linear warm-up, then constant (EDM)
+    warmup_steps: int = Field(1000, ge=0)
+    adam_betas: Annotated[List[Annotated[float, Field(ge=0.0, lt=1.0)]], BeforeValidator(_as_list),
+                          Field(min_length=2, max_length=2)] = Field(default_factory=lambda: [0.9, 0.999])
+    grad_clip: Optional[float] = Field(1.0, gt=0.0)   # None: no clipping
+    ema_tau: float = Field(0.9999, ge=0.0, le=0.999999)   # EMA decay min(tau, (1+t)/(10+t)) (train_utils.EMA)
     # -- samples and files
-    sample_per_class: int = 8               # columns of the sample grid (one row per class, <= 10 rows)
-    sample_steps: int = 18                  # EDM Heun steps of the sample grid
-    seed: int = 0
+    sample_per_class: int = Field(8, ge=1)   # columns of the sample grid (one row per class, <= 10 rows)
+    sample_steps: int = Field(18, ge=1)     # EDM Heun steps of the sample grid
+    seed: int = Field(0, ge=0)
     out_dir: str = "runs/train-dm"
-    checkpoint_every: int = 2000            # steps between full-state checkpoints (+ sample grid)
-    log_every: int = 50
-    amp: str = "auto"                       # auto (bf16 on CUDA GPUs that have it), bf16 (any device), off
-    channels_last: Optional[bool] = None    # default: on CUDA
-    device: Optional[str] = None            # auto/None: cuda:LOCAL_RANK if available, else cpu; cpu, cuda, cuda:N
+    checkpoint_every: int = Field(2000, ge=1)   # steps between full-state checkpoints (+ sample grid)
+    log_every: int = Field(50, ge=1)
+    amp: Literal["auto", "bf16", "off"] = "auto"   # auto (bf16 on CUDA GPUs that have it), bf16 (any device), off
+    channels_last: Optional[bool] = None    # None: on CUDA
+    device: Device = "auto"                 # auto: cuda:LOCAL_RANK if available, else cpu; cpu, cuda, cuda:N
     progress: bool = True
-
-    @classmethod
-    def from_dict(cls, d: Dict[str, Any]) -> "TrainDMConfig":
-        """Build from a dict; unknown keys are an error (a typo must not pass silently)."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown config key(s) {unknown}; known keys: {', '.join(sorted(known))}")
-        d = dict(d)
-        for k in ("at_floor", "noise_std"):
-            if isinstance(d.get(k), str):
-                d[k] = parse_eps(d[k])
-        if "adam_betas" in d:
-            d["adam_betas"] = tuple(d["adam_betas"])
-        return cls(**d)
-
-    def to_dict(self) -> Dict[str, Any]:
-        d = asdict(self)
-        d["adam_betas"] = list(self.adam_betas)
-        return d
 
     def at_config(self) -> ATConfig:
         """The loss settings as :class:`~dmat_core.diffusion.losses.ATConfig`, floor in data units."""
@@ -99,58 +97,11 @@ class TrainDMConfig:
                         fgsm_step=self.at_fgsm_step, attack_target=self.at_attack_target,
                         detach_clean=self.at_detach_clean, weighting=self.weighting)
 
-    def validate(self) -> "TrainDMConfig":
-        """Raise ValueError naming the first setting out of range; returns self."""
-        def need(ok: bool, msg: str) -> None:
-            if not ok:
-                raise ValueError(f"config: {msg}")
-
-        def number(name: str, lo: float, hi: float = math.inf) -> None:
-            v = getattr(self, name)
-            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and lo <= v <= hi
-            need(ok, f"{name}={v!r} must be a number in [{lo}, {hi}]")
-
-        def integer(name: str, lo: int = 1) -> None:
-            v = getattr(self, name)
-            need(isinstance(v, int) and not isinstance(v, bool) and v >= lo,
-                 f"{name} must be an integer >= {lo}, got {v!r}")
-
-        need(self.dataset in ("cifar10", "cifar100"), f"dataset must be cifar10 or cifar100, got {self.dataset!r}")
-        number("noise_p", 0.0, 1.0)
-        number("noise_std", 0.0, 10.0)
-        need(self.size in UNET_SIZES, f"unknown U-Net size {self.size!r}; choose one of {', '.join(UNET_SIZES)}")
-        need(isinstance(self.unet, dict), f"unet must be a dict of U-Net settings, got {type(self.unet).__name__}")
-        bad = sorted(set(self.unet) - set(UNET_KEYS))
-        need(not bad, f"unknown U-Net setting(s) {bad} in unet; known: {', '.join(UNET_KEYS)}")
-        number("lam", 0.0)
-        number("at_floor", 0.0, 1.0)
-        number("P_std", 0.0)
-        number("P_mean", -20.0, 20.0)
-        for name in ("batch_size", "steps", "warmup_steps", "sample_per_class", "sample_steps",
-                     "checkpoint_every", "log_every"):
-            integer(name, 0 if name == "warmup_steps" else 1)
-        integer("seed", 0)
-        number("lr", 0.0, 1.0)
-        need(self.lr > 0, "lr must be > 0")
-        need(len(self.adam_betas) == 2 and all(0 <= b < 1 for b in self.adam_betas),
-             f"adam_betas must be two numbers in [0, 1), got {self.adam_betas!r}")
-        need(self.grad_clip is None or (isinstance(self.grad_clip, (int, float)) and self.grad_clip > 0),
-             f"grad_clip must be None or > 0, got {self.grad_clip!r}")
-        number("ema_tau", 0.0, 0.999999)
-        need(self.amp in ("auto", "bf16", "off"), f"amp must be auto, bf16 or off, got {self.amp!r}")
-        try:
-            check_device(self.device)
-        except ValueError as e:
-            raise ValueError(f"config: {e}") from None
-        try:
-            self.at_config()    # variant, lambda, budget, target, weighting
-        except ValueError as e:
-            raise ValueError(f"config: {e}") from None
+    @model_validator(mode="after")
+    def _settings_agree(self) -> "TrainDMConfig":
+        """What the fields alone cannot say: the AT budget the loss builds from them."""
+        self.at_config()
         return self
-
-    def save(self, path) -> None:
-        from ..common.checkpoint import atomic_write_text
-        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
 
 # ----------------------------------------------------------------------------- presets
@@ -181,7 +132,7 @@ DM_PRESET_NOTES = {
 
 
 def make_dm_config(preset: Optional[str] = None, config_file=None, **overrides) -> TrainDMConfig:
-    """Defaults < preset < JSON config file < keyword overrides."""
-    d = preset_and_file(DM_PRESETS, preset, config_file)
-    d.update(overrides)                     # as given: None is a value (grad_clip=None: no clipping)
-    return TrainDMConfig.from_dict(d).validate()
+    """Defaults < preset < JSON config file < keyword overrides, checked (SettingsError, one line).
+    A setting left out keeps the value of the layer below; ``None`` is a value (``grad_clip=None``:
+    no clipping), refused where a field has no use for it."""
+    return TrainDMConfig.layered(DM_PRESETS, preset, config_file, **overrides)

@@ -40,7 +40,7 @@ from torch import nn
 from ..common.checkpoint import atomic_save, atomic_write_text, load_checkpoint, rng_state, set_rng_state
 from ..common.settings import resolve_device
 from ..common.train_utils import EMA, CSVLog, derived_seed, dist_info, process_group, unwrap
-from ..common.training import NonFiniteLossError, Trainer, check_resumable, prepare_out_dir
+from ..common.training import NonFiniteLossError, Trainer, check_resumable, check_run_folder, prepare_out_dir
 from ..diffusion import samplers
 from ..diffusion.edm import edm_training_sigmas
 from ..diffusion.losses import at_dm_loss
@@ -49,7 +49,7 @@ from .dm_config import TrainDMConfig, make_dm_config
 from .pixels import corrupt_images, image_grid, image_to_model, model_to_image, save_png
 from .unet import DM_CHECKPOINT_FORMAT, build_image_denoiser, denoiser_arch, save_image_denoiser
 
-__all__ = ["DMTrainer", "train_dm", "image_dm_loss", "NonFiniteLossError"]
+__all__ = ["DMTrainer", "train_dm", "check_run", "image_dm_loss", "NonFiniteLossError"]
 
 _ORDER, _FLIP, _NOISE, _AT, _DROPOUT, _CORRUPT, _SAMPLES = range(1, 8)   # random streams
 # settings that may change when a run is resumed (everything else must match the checkpoint)
@@ -78,8 +78,7 @@ class DMTrainer(Trainer):
     RUN_FILES = ("checkpoint.pt", "denoiser.pt", "log.csv", "result.json")
 
     def __init__(self, config, *, data=None, fresh: bool = False):
-        cfg = config if isinstance(config, TrainDMConfig) else TrainDMConfig.from_dict(config)
-        self.cfg = cfg.validate()
+        self.cfg = cfg = config if isinstance(config, TrainDMConfig) else TrainDMConfig.from_dict(config)
         self.at = cfg.at_config()
         self.rank, self.world_size, local_rank = dist_info()
         if cfg.batch_size % self.world_size:
@@ -282,6 +281,18 @@ class DMTrainer(Trainer):
                 "files": {k: str(self.out_dir / k) for k in ("checkpoint.pt", "denoiser.pt", "log.csv", "samples")}}
 
 
+def check_run(config: TrainDMConfig, overwrite: bool = False) -> str:
+    """Before any work, reading only: may this run write into ``config.out_dir`` (a writable folder,
+    empty or holding a train-dm run of the same settings, or ``overwrite``), and the tiny archive into
+    the data folder when it is to be written? Returns "new", "resume" or "overwrite"."""
+    from ..common.outputs import check_out_dir
+    from .cifar import default_root
+    if config.make_tiny_data:
+        check_out_dir(config.data_dir or default_root(), flag="--data-dir")
+    return check_run_folder(config.out_dir, config, what="train-dm", may_change=_RESUMABLE,
+                            overwrite=overwrite, run_files=DMTrainer.RUN_FILES + ("samples",))
+
+
 def train_dm(config, *, fresh: bool = False, **kwargs) -> dict:
     """Run a whole training (``dmat train-dm``); under ``torchrun`` it sets up DDP itself.
 
@@ -290,7 +301,7 @@ def train_dm(config, *, fresh: bool = False, **kwargs) -> dict:
     if isinstance(config, str):
         config = make_dm_config(config)
     cfg = config if isinstance(config, TrainDMConfig) else TrainDMConfig.from_dict(config)
-    with process_group(cfg.validate().device):
+    with process_group(cfg.device):
         trainer = DMTrainer(cfg, fresh=fresh, **kwargs)
         for _ in trainer.run():
             pass

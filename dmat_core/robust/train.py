@@ -52,10 +52,11 @@ import torch
 from torch import nn
 
 from ..common.checkpoint import atomic_save, atomic_write_text, load_checkpoint, rng_state, set_rng_state
-from ..common.settings import resolve_device
+from ..common.settings import read_json_file, resolve_device
 from ..common.train_utils import (EMA, CSVLog, all_reduce_sum, bn_momentum, derived_seed, dist_info,
                                   one_cycle_cosine, param_groups, process_group, strip_batchnorm, unwrap)
-from ..common.training import NonFiniteLossError, RunMismatchError, Trainer, check_resumable, prepare_out_dir
+from ..common.training import (NonFiniteLossError, RunMismatchError, Trainer, check_resumable, check_run_folder,
+                               prepare_out_dir)
 from ..images.cifar import load_training_set
 from ..images.data import (MixedBatchSampler, augment_crop_flip, gather_mixed, load_generated,
                            split_validation, to_tensor_images, validate_generated)
@@ -65,7 +66,7 @@ from .config import TrainATConfig, make_config
 from .pgd_at import pgd_at
 from .trades import trades
 
-__all__ = ["ATTrainer", "train_at", "finished_result", "NonFiniteLossError", "CHECKPOINT_FORMAT",
+__all__ = ["ATTrainer", "train_at", "finished_result", "check_run", "NonFiniteLossError", "CHECKPOINT_FORMAT",
            "WEIGHTS_FORMAT"]
 
 CHECKPOINT_FORMAT = "dmat-at-train/1"   # checkpoint.pt: the full training state
@@ -117,8 +118,7 @@ class ATTrainer(Trainer):
     RUN_FILES = ("checkpoint.pt", "best.pt", "final.pt", "log.csv", "val.csv", "result.json")
 
     def __init__(self, config, *, real=None, generated=None, fresh: bool = False):
-        cfg = config if isinstance(config, TrainATConfig) else TrainATConfig.from_dict(config)
-        self.cfg = cfg.validate()
+        self.cfg = cfg = config if isinstance(config, TrainATConfig) else TrainATConfig.from_dict(config)
         self.rank, self.world_size, local_rank = dist_info()
         if cfg.batch_size % self.world_size:
             raise ValueError(f"batch_size={cfg.batch_size} must be divisible by the {self.world_size} processes")
@@ -302,7 +302,7 @@ class ATTrainer(Trainer):
                 "sampler": {**self.sampler.state_dict(), "epoch": epoch, "batch": b},
                 "model": unwrap(self.model).state_dict(), "ema": self.ema.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
-                "best": dict(self.best), "rng": rng_state()}
+                "best": dict(self.best), "rng": rng_state()}   # torch's: every draw of a step is reseeded
 
     @property
     def model_arch(self) -> str:
@@ -401,10 +401,25 @@ def finished_result(config) -> Optional[dict]:
     out = Path(cfg.out_dir)
     if not all((out / f).is_file() for f in ("final.pt", "result.json", "config.json")):
         return None
-    saved, now = json.loads((out / "config.json").read_text()), cfg.to_dict()
+    saved, now = TrainATConfig.from_file(out / "config.json", "train-at config").to_dict(), cfg.to_dict()
     if any(saved.get(k) != v for k, v in now.items() if k not in _RESUMABLE):
         return None
-    return json.loads((out / "result.json").read_text())
+    return read_json_file(out / "result.json", "train-at result")
+
+
+def check_run(config: TrainATConfig, overwrite: bool = False) -> str:
+    """Before any work, reading only: may this run write into ``config.out_dir`` (a writable folder,
+    empty or holding a train-at run of the same settings, or ``overwrite``), and are its input files
+    there (the generated set; the data folder writable when the tiny archive is to be written)?
+    Returns what the run will do there: "new", "resume" or "overwrite"."""
+    from ..common.outputs import check_out_dir
+    from ..images.cifar import default_root
+    if config.unsup_fraction > 0 and config.generated and not Path(config.generated).exists():
+        raise FileNotFoundError(f"generated data not found: {config.generated}")
+    if config.make_tiny_data:
+        check_out_dir(config.data_dir or default_root(), flag="--data-dir")
+    return check_run_folder(config.out_dir, config, what="train-at", may_change=_RESUMABLE,
+                            overwrite=overwrite, run_files=ATTrainer.RUN_FILES)
 
 
 def train_at(config, *, reuse: bool = False, fresh: bool = False, **kwargs) -> dict:
@@ -417,7 +432,6 @@ def train_at(config, *, reuse: bool = False, fresh: bool = False, **kwargs) -> d
     if isinstance(config, str):
         config = make_config(config)
     cfg = config if isinstance(config, TrainATConfig) else TrainATConfig.from_dict(config)
-    cfg.validate()
     if reuse and not fresh and (done := finished_result(cfg)) is not None:
         return done
     with process_group(cfg.device):
