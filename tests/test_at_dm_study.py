@@ -36,8 +36,12 @@ def test_rerun_reuses_trained_models_and_adds_new_arms(tmp_path):
     assert again["meta"]["reused"] == 1
     assert again["summary"]["standard"] == first["summary"]["standard"]
     assert again["at"]["adversarial-residual"]["attack_target"] == "residual"
-    other = study.run_study(tmp_path, "clean-ring8", variants=("standard",), **{**kw, "steps": 16})
-    assert other["meta"]["trained"] == 1                    # a new configuration is trained anew
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    with pytest.raises(FileExistsError, match="steps: 15 there, 16 now"):   # another configuration
+        study.run_study(tmp_path, "clean-ring8", variants=("standard",), **{**kw, "steps": 16})
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+    other = study.run_study(tmp_path, "clean-ring8", variants=("standard",), overwrite=True, **{**kw, "steps": 16})
+    assert other["meta"]["trained"] == 1                    # replaced with --overwrite: trained anew
 
 
 def test_quick_attack_and_subspace_presets_run(tmp_path):

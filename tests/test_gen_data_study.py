@@ -122,9 +122,9 @@ def test_spearman_matches_scipy_with_ties_and_infinity():
 @pytest.mark.parametrize("args, msg", [
     (["--d", "0"], "d must be integers >= 1"),
     (["--n", "0"], "n (real points per class) must be integers >= 2"),
-    (["--eps", "-0.1"], "eps must be a finite number >= 0"),
-    (["--generators", "mle", "gan"], "unknown generator(s) ['gan']"),
-    (["--seeds", "0"], "seeds must be an integer >= 1"),
+    (["--eps", "-0.1"], "eps=-0.1: eps must be a number >= 0"),
+    (["--generators", "mle", "gan"], 'generators.1="gan": must be \'none\''),
+    (["--seeds", "0"], "argument --seeds: must be an integer >= 1, got 0"),
     (["--d", "two"], "invalid int value"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(args, msg, tmp_path, capsys):

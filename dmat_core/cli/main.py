@@ -12,12 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 
 from .. import __version__
 from ..common import outputs
-from ..common.settings import one_line_errors
+from ..common.settings import int_at_least, number_in
 
 EPILOG = """examples:
   dmat demo                                    samplers on exact denoisers, exact metrics
@@ -48,11 +49,18 @@ def _toy_sample(a: argparse.Namespace) -> int:
     from ..toys.metrics import sample_metrics
     from ..toys.mixtures import make_distribution
 
-    dist = make_distribution(a.dist)
+    if not a.out and not a.json:
+        raise ValueError("nothing to do: give --out FILE.npz and/or --json")
     if a.denoiser != "exact":
         raise ValueError(f"unknown denoiser {a.denoiser!r}; choose 'exact'")
+    if a.churn and a.sampler != "heun":
+        raise ValueError(f"--churn is an option of the heun sampler (EDM S_churn), not of {a.sampler}")
+    dist = make_distribution(a.dist)
     from ..diffusion.samplers import SAMPLERS
     steps = SAMPLERS[a.sampler] if a.steps is None else a.steps
+    if a.out:
+        outputs.check_out_file(a.out, overwrite=a.overwrite, size=a.n * dist.dim * 4 + 4096)
+    outputs.start_work()
     kw = {"S_churn": a.churn} if a.churn else {}
     x, nfe, sec = sample_exact(dist, a.sampler, steps, a.n, a.seed, **kw)
     if a.out:
@@ -61,9 +69,6 @@ def _toy_sample(a: argparse.Namespace) -> int:
         m = sample_metrics(dist, x, seed=a.seed)
         m.update(dist=a.dist, sampler=a.sampler, steps=steps, nfe=nfe, seconds=sec, out=a.out)
         print(json.dumps(m))
-    elif not a.out:
-        print("nothing to do: give --out FILE.npz and/or --json", file=sys.stderr)
-        return 2
     return 0
 
 
@@ -76,8 +81,10 @@ def _toy_likelihood(a: argparse.Namespace) -> int:
     from ..diffusion.likelihood import log_likelihood
     from ..toys.mixtures import make_distribution
 
-    if a.n <= 0:
-        raise ValueError(f"n must be a positive integer, got {a.n}")
+    if not a.sigma_max > a.sigma_min:
+        raise ValueError(f"--sigma-max {a.sigma_max:g} must be larger than --sigma-min {a.sigma_min:g}")
+    if a.denoiser != "exact" and not Path(a.denoiser).is_file():
+        raise FileNotFoundError(f"--denoiser {a.denoiser}: no such file ('exact', or a toy denoiser file)")
     dist = make_distribution(a.dist)
     if a.denoiser == "exact":
         D = dist.denoiser
@@ -126,15 +133,17 @@ def _add_toy(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
     p.add_argument("--dist", required=True, choices=sorted(PRESETS), help="distribution preset")
     p.add_argument("--denoiser", default="exact", help="denoiser (default: exact)")
     p.add_argument("--sampler", default="heun", choices=sorted(SAMPLERS), help="(default: heun)")
-    p.add_argument("--steps", type=int, default=None,
+    p.add_argument("--steps", type=int_at_least(1), default=None,
                    help="sampler steps (default: heun 18, euler 40, ddim 50, ddpm 1000)")
-    p.add_argument("--churn", type=float, default=0.0, help="EDM S_churn for heun (default: 0)")
-    p.add_argument("--n", type=int, default=20_000, help="number of samples (default: 20000)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    p.add_argument("--out", default=None, help="write the samples to this .npz")
+    p.add_argument("--churn", type=number_in(0.0), default=0.0, help="EDM S_churn >= 0 for heun (default: 0)")
+    p.add_argument("--n", type=int_at_least(1), default=20_000, help="number of samples (default: 20000)")
+    p.add_argument("--seed", type=int_at_least(0), default=0, help="random seed (default: 0)")
+    p.add_argument("--out", default=None, help="write the samples to this .npz (an existing file is "
+                   "refused unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.add_argument("--json", action="store_true", help="print the exact metrics as JSON on stdout")
     p.set_defaults(func=_toy_sample)
-    p = one_line_errors(tsub.add_parser(
+    p = (tsub.add_parser(
         "likelihood", help="PF-ODE log-likelihood of held-out true points under a denoiser",
         description="The log-likelihood a denoiser (the exact one of the preset, or a toy denoiser "
         "file written by save_toy_denoiser) assigns to n held-out true points through the "
@@ -142,13 +151,14 @@ def _add_toy(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
         "beside the preset's exact mean log-density at sigma_min. Writes no file."))
     p.add_argument("--dist", required=True, choices=sorted(PRESETS), help="distribution preset")
     p.add_argument("--denoiser", default="exact", help="'exact' or a toy denoiser file (default: exact)")
-    p.add_argument("--n", type=int, default=2000, help="held-out points (default: 2000)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the points and probes (default: 0)")
-    p.add_argument("--sigma-min", type=float, default=0.002, help="the density is at this sigma (default: 0.002)")
-    p.add_argument("--sigma-max", type=float, default=80.0, help="the prior's sigma (default: 80)")
+    p.add_argument("--n", type=int_at_least(1), default=2000, help="held-out points (default: 2000)")
+    p.add_argument("--seed", type=int_at_least(0), default=0, help="seed of the points and probes (default: 0)")
+    p.add_argument("--sigma-min", type=number_in(0.0, low_open=True), default=0.002,
+                   help="the density is at this sigma (default: 0.002)")
+    p.add_argument("--sigma-max", type=number_in(0.0, low_open=True), default=80.0, help="the prior's sigma (default: 80)")
     p.add_argument("--method", default="auto", choices=["auto", "exact", "hutchinson"],
                    help="divergence: autograd trace, Hutchinson, or auto = exact for d <= 8 (default)")
-    p.add_argument("--n-probe", type=int, default=16, help="Hutchinson probes per point (default: 16)")
+    p.add_argument("--n-probe", type=int_at_least(1), default=16, help="Hutchinson probes per point (default: 16)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     p.set_defaults(func=_toy_likelihood)
     return tsub

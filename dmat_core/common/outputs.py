@@ -21,8 +21,8 @@ import shutil
 from pathlib import Path
 from typing import Callable, Optional
 
-__all__ = ["check_out_file", "check_out_dir", "check_free_space", "nearest_existing", "start_work",
-           "work_started", "reset_phase", "describe_os_error"]
+__all__ = ["check_out_file", "check_out_dir", "check_free_space", "check_results_folder", "nearest_existing",
+           "start_work", "work_started", "reset_phase", "describe_os_error"]
 
 _PHASE = {"work": False}
 
@@ -126,3 +126,25 @@ def describe_os_error(e: OSError) -> str:
     advice = _ADVICE.get(e.errno)
     reason = e.strerror or os.strerror(e.errno or 0)
     return f"{where}: {reason}" + (f" ({advice})" if advice and advice.lower() != reason.lower() else "")
+
+
+def check_results_folder(out, *, what: str, differences: Callable[[dict], list], overwrite: bool = False,
+                         flag: str = "--out", results: str = "results.json") -> Optional[dict]:
+    """Check the output folder of a study before any work (reads only): a writable folder or absent;
+    when it holds ``results`` already, they must be the JSON object of a ``what`` run whose settings
+    ``differences(previous)`` finds none in (this run again, or its extension), unless ``overwrite``.
+    Returns the previous results (None when there are none or ``overwrite``)."""
+    from .settings import read_json_file
+    p = check_out_dir(out, flag=flag)
+    path = p / results
+    if overwrite or not path.exists():
+        return None
+    advice = f"use another {flag}, or --overwrite to replace them"
+    try:
+        prev = read_json_file(path, f"{what} results file")
+        diff = differences(prev)
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise FileExistsError(f"{path} is not a {what} results file ({e}); {advice}") from None
+    if diff:
+        raise FileExistsError(f"{p} holds {what} results of other settings ({'; '.join(diff)}); {advice}")
+    return prev

@@ -12,9 +12,12 @@ imports the report, the report only this module.
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
+from pydantic import Field, model_validator
 
+from ..common.settings import Settings
 from ..toys.mixtures import GaussianMixture
 
 VARIANTS = ("none", "weak-dm", "good-dm", "true")
@@ -54,3 +57,51 @@ def make_dist(cfg: dict) -> GaussianMixture:
     if cfg["dist"] not in ("ring8-alt", "ring-alt"):
         raise ValueError(f"unknown distribution {cfg['dist']!r}; choose 'ring-alt' (or 'ring8-alt')")
     return ring_classes(cfg["modes"], cfg.get("classes", 2), cfg["radius"], cfg["std"])
+
+
+class ATClassifierStudyConfig(Settings):
+    """The schema of the study's configuration (the typed settings layer, :mod:`dmat_core.common.settings`):
+    every key of its DEFAULTS, SIZES and presets, with its type and range."""
+
+    dist: Literal["ring8-alt", "ring-alt"]
+    modes: int = Field(ge=2)
+    classes: int = Field(ge=2, le=len(COLOURS))
+    radius: float = Field(gt=0.0)
+    std: float = Field(gt=0.0)
+    eps: float = Field(ge=0.0)              # threat radius
+    norm: Literal["l2", "linf"]
+    n_real: int = Field(ge=2)               # real points per class
+    dm_batch: int = Field(ge=1)
+    dm_lr: float = Field(gt=0.0)
+    dm_width: int = Field(ge=1)
+    dm_depth: int = Field(ge=1)
+    sampler_steps: int = Field(ge=1)
+    clf_width: int = Field(ge=1)
+    clf_depth: int = Field(ge=1)
+    batch: int = Field(ge=1)
+    lr: float = Field(gt=0.0)
+    loss: Literal["trades", "pgd"]
+    beta: float = Field(ge=0.0)
+    label_smoothing: float = Field(ge=0.0, le=1.0)
+    attack_steps: int = Field(ge=1)
+    unsup_fraction: float = Field(ge=0.0, lt=1.0)
+    n_gen: int = Field(ge=1)                # extra points per class
+    dm_steps: int = Field(ge=2)
+    dm_weak_steps: int = Field(ge=1)
+    clf_steps: int = Field(ge=1)
+    n_test: int = Field(ge=1)
+    resolution: int = Field(ge=2)
+    h: float = Field(gt=0.0)
+    h_multiclass: float = Field(gt=0.0)
+    refine: int = Field(ge=0)
+    pgd_steps: int = Field(ge=1)
+    pgd_restarts: int = Field(ge=1)
+    preset: str
+    size: Literal["full", "quick"]
+
+    @model_validator(mode="after")
+    def _settings_agree(self) -> "ATClassifierStudyConfig":
+        if not self.dm_weak_steps < self.dm_steps:
+            raise ValueError(f"need 0 < dm_weak_steps < dm_steps, got {self.dm_weak_steps}, {self.dm_steps}")
+        make_dist(self.model_dump())                      # modes a multiple of classes
+        return self

@@ -43,6 +43,8 @@ from pathlib import Path
 import torch
 
 from ..common.checkpoint import atomic_write_text
+from ..common.outputs import check_results_folder, start_work
+from ..common.settings import int_at_least
 from ..common.train_utils import torch_threads
 from ..diffusion.samplers import latent_noise, run
 from ..robust.classifiers import ToyMLP
@@ -56,7 +58,8 @@ from ..toys.train import lr_at, make_toy_model, train_toy
 from .at_classifier_report import (_lim, _view, claim_check, markdown_table, paired_differences,
                                    plot_boundaries, summarize)
 # (VARIANT_NAMES is not used here: notebook 05 reads it as `study.VARIANT_NAMES`)
-from .at_classifier_setup import VARIANT_NAMES, VARIANTS, class_mixture, make_dist  # noqa: F401
+from .at_classifier_setup import (VARIANT_NAMES, VARIANTS, ATClassifierStudyConfig,  # noqa: F401
+                                  class_mixture, make_dist)
 
 # Sizes: `full` is what results/at_classifier holds; `quick` is for tests (seconds). `h`: grid of
 # the two-class optimum (max flow); `h_multiclass`, `refine`: grid of the K-class bounds (an LP
@@ -82,29 +85,15 @@ PRESETS = {
 
 
 def study_config(preset: str | None = None, quick: bool = False, **overrides) -> dict:
-    """DEFAULTS < size < preset < overrides (None values are ignored)."""
+    """DEFAULTS < size < preset < overrides (None values are left out: the flag was not given),
+    checked against :class:`ATClassifierStudyConfig` (SettingsError, one line); a plain dict."""
     if preset is not None and preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
     cfg = {**DEFAULTS, **SIZES["quick" if quick else "full"], **PRESETS.get(preset or "ring8-alt", {})}
-    unknown = set(overrides) - set(cfg)
-    if unknown:
-        raise ValueError(f"unknown setting(s) {sorted(unknown)}; known: {sorted(cfg)}")
+    ATClassifierStudyConfig._known(overrides, "")
     cfg.update({k: v for k, v in overrides.items() if v is not None})
     cfg.update(preset=preset or "ring8-alt", size="quick" if quick else "full")
-    if not (cfg["eps"] >= 0 and math.isfinite(cfg["eps"])):
-        raise ValueError(f"eps must be finite and >= 0, got {cfg['eps']}")
-    if cfg["norm"] not in ("l2", "linf"):
-        raise ValueError(f"norm must be 'l2' or 'linf', got {cfg['norm']!r}")
-    if cfg["loss"] not in ("trades", "pgd"):
-        raise ValueError(f"loss must be 'trades' or 'pgd', got {cfg['loss']!r}")
-    if int(cfg["n_real"]) != cfg["n_real"] or cfg["n_real"] < 2:
-        raise ValueError(f"n_real must be an integer >= 2 (points per class), got {cfg['n_real']}")
-    if not 0 < cfg["dm_weak_steps"] < cfg["dm_steps"]:
-        raise ValueError(f"need 0 < dm_weak_steps < dm_steps, got {cfg['dm_weak_steps']}, "
-                         f"{cfg['dm_steps']}")
-    if not 0 <= cfg["unsup_fraction"] < 1:
-        raise ValueError(f"unsup_fraction must be in [0, 1), got {cfg['unsup_fraction']}")
-    make_dist(cfg)                                        # distribution settings checked here
+    ATClassifierStudyConfig.from_dict(cfg)   # checks only: the values stay as given
     return cfg
 
 
@@ -273,20 +262,26 @@ def reference(cfg: dict) -> dict:
 # ----------------------------------------------------------------------- the study
 def run_study(out: str | Path = "results/at_classifier", preset: str | None = None,
               seeds: int = 3, quick: bool = False, variants=VARIANTS, workers: int = 1,
-              progress: bool = True, **overrides) -> dict:
+              progress: bool = True, overwrite: bool = False, **overrides) -> dict:
     """Run the study; write results.json, table.md and boundaries.png under `out` (atomically).
 
     `overrides`: any key of the configuration (eps, norm, n_real, loss, dm_steps, ...).
     `workers` > 1 runs that many seeds at once in separate processes (one thread each).
-    Returns the results dict.
+    A folder holding the results of another configuration is refused before any work, unless
+    `overwrite`. Returns the results dict.
     """
     cfg = study_config(preset, quick, **overrides)
-    if int(seeds) != seeds or seeds < 1:
+    if isinstance(seeds, bool) or int(seeds) != seeds or seeds < 1:
         raise ValueError(f"seeds must be an integer >= 1, got {seeds}")
+    if isinstance(workers, bool) or int(workers) != workers or workers < 1:
+        raise ValueError(f"workers must be an integer >= 1, got {workers}")
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown or not variants:
         raise ValueError(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
     variants = [v for v in VARIANTS if v in variants]
+    check_results_folder(out, what="at-classifier-study", overwrite=overwrite, differences=lambda prev: [
+        f"{k}: {prev['config'].get(k)!r} there, {v!r} now" for k, v in cfg.items() if prev["config"].get(k) != v])
+    start_work()
     out = Path(out)
     jobs = [{"cfg": cfg, "seed": s, "variants": variants, "threads": 1} for s in range(seeds)]
     from tqdm.auto import tqdm
@@ -332,9 +327,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", choices=sorted(PRESETS), help="a named setting (default ring8-alt)")
     p.add_argument("--out", default="results/at_classifier", help="output folder "
                    "(default: results/at_classifier)")
-    p.add_argument("--seeds", type=int, default=3, help="draws of the real points (default: 3)")
+    p.add_argument("--seeds", type=int_at_least(1), default=3, help="draws of the real points (default: 3)")
     p.add_argument("--quick", action="store_true", help="tiny sizes (also set by DMAT_QUICK=1)")
-    p.add_argument("--workers", type=int, default=1, help="seeds run at once (default: 1)")
+    p.add_argument("--workers", type=int_at_least(1), default=1, help="seeds run at once (default: 1)")
+    p.add_argument("--overwrite", action="store_true", help="replace the results of another configuration "
+                   "in --out (refused without it)")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     g = p.add_argument_group("settings (defaults from the preset)")
     g.add_argument("--eps", type=float, help="threat radius (0.3)")
@@ -359,7 +356,7 @@ def _main(a: argparse.Namespace) -> int:
                                        "loss", "dm_steps", "dm_weak_steps", "clf_steps",
                                        "unsup_fraction", "n_test", "h")}
     run_study(a.out, a.preset, a.seeds, a.quick or os.environ.get("DMAT_QUICK") == "1",
-              tuple(a.variants), a.workers, **over)
+              tuple(a.variants), a.workers, overwrite=a.overwrite, **over)
     return 0
 
 

@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import copy
 import functools
+from typing import Any, Dict, List, Literal, Optional
 
 import torch
+from pydantic import Field, model_validator
 
+from ..common.settings import Settings
 from ..diffusion.losses import VARIANTS
 from ..toys.corruption import corrupt
+from ..toys.mixtures import PRESETS as DISTRIBUTIONS
 from ..toys.mixtures import make_distribution
 
 # Sizes: `full` is what results/at_dm holds; `quick` is for tests and notebooks (seconds).
@@ -48,8 +52,54 @@ ARMS = {**{v: {"variant": v} for v in VARIANTS},
 DEFAULT_ARMS = ("standard", "random", "adversarial", "adversarial-residual", "invariance")
 
 
+class ATDMStudyConfig(Settings):
+    """The schema of a study's configuration (the typed settings layer, :mod:`dmat_core.common.settings`):
+    every key of DEFAULTS, SIZES and the preset, with its type and range."""
+
+    dist: Literal[tuple(DISTRIBUTIONS)]     # type: ignore[valid-type]
+    dist_kw: Dict[str, Any]
+    corruption: Literal["clean", "inlier", "outlier", "offplane"]
+    p: float = Field(ge=0.0, le=1.0)        # fraction with inlier / off-plane noise
+    s: float = Field(ge=0.0)                # std of that noise, data units
+    q: float = Field(ge=0.0, le=1.0)        # fraction of outliers
+    outlier: Literal["uniform", "cluster"]
+    width: int = Field(ge=1)
+    depth: int = Field(ge=1)
+    lr: float = Field(gt=0.0)
+    ema: float = Field(ge=0.0, lt=1.0)
+    P_mean: float
+    P_std: float = Field(ge=0.0)
+    sampler_steps: int = Field(ge=1)
+    attack_budgets: Optional[List[float]]   # trajectory attack budgets (None: no attack)
+    attack_step: float = Field(gt=0.0)
+    attack_iter: int = Field(ge=1)
+    attack_restarts: int = Field(ge=1)
+    ll_probe: int = Field(ge=1)
+    n_train: int = Field(ge=2)
+    steps: int = Field(ge=1)
+    batch: int = Field(ge=1)
+    n_eval: int = Field(ge=2)
+    jac_n: int = Field(ge=1)
+    cost_steps: int = Field(ge=1)
+    ll_n: int = Field(ge=1)
+    preset: Optional[Literal[tuple(PRESETS)]]   # type: ignore[valid-type]
+    size: Literal["full", "quick"]
+
+    @model_validator(mode="after")
+    def _distribution_builds(self) -> "ATDMStudyConfig":
+        if any(b < 0 for b in self.attack_budgets or []):
+            raise ValueError(f"attack_budgets must be numbers >= 0, got {self.attack_budgets}")
+        try:
+            make_distribution(self.dist, **self.dist_kw)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"dist_kw={self.dist_kw} do not fit dist={self.dist!r}: {e}") from None
+        return self
+
+
 def study_config(preset: str | None = None, quick: bool = False, **overrides) -> dict:
-    """The full configuration of a study: DEFAULTS < size < preset < preset's size < overrides."""
+    """The full configuration of a study: DEFAULTS < size < preset < preset's size < overrides
+    (an override of None is left out: the flag was not given), checked against
+    :class:`ATDMStudyConfig` (SettingsError, one line). Returns it as a plain dict."""
     if preset is not None and preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
     size = "quick" if quick else "full"
@@ -57,10 +107,10 @@ def study_config(preset: str | None = None, quick: bool = False, **overrides) ->
     pre = copy.deepcopy(PRESETS.get(preset, {}))
     sized = {k: pre.pop(k, {}) for k in ("full", "quick")}
     cfg.update(pre, **sized[size])
+    ATDMStudyConfig._known(overrides, "")
     cfg.update({k: v for k, v in overrides.items() if v is not None})
     cfg.update(preset=preset, size=size)
-    if not 0 <= cfg["p"] <= 1 or not 0 <= cfg["q"] <= 1:
-        raise ValueError(f"p and q must be fractions in [0, 1], got p={cfg['p']}, q={cfg['q']}")
+    ATDMStudyConfig.from_dict(cfg)          # checks only: the values stay as given (results files compare them)
     return cfg
 
 

@@ -28,6 +28,8 @@ import numpy as np
 import torch
 
 from ..common.checkpoint import atomic_savez, atomic_write_text
+from ..common.outputs import check_results_folder, start_work
+from ..common.settings import int_at_least
 from ..common.train_utils import torch_threads
 from ..diffusion.edm import edm_sigmas
 from ..diffusion.flow import trajectory_attack, trajectory_stats
@@ -192,7 +194,7 @@ def _load_previous(out: Path) -> tuple[list[dict], dict]:
 
 def run_study(out: str | Path, preset: str | None = None, seeds: int = 3, quick: bool = False,
               variants=DEFAULT_ARMS, at: dict | None = None, workers: int = 1,
-              progress: bool = True, reuse: bool = True, **overrides) -> dict:
+              progress: bool = True, reuse: bool = True, overwrite: bool = False, **overrides) -> dict:
     """Run a study and write results.json, table.md, samples.npz and figures under `out`.
 
     `variants`: arms of :data:`ARMS` (the four losses, and `adversarial-residual`). `at` holds
@@ -201,11 +203,14 @@ def run_study(out: str | Path, preset: str | None = None, seeds: int = 3, quick:
     that many models at once in separate processes (one thread each; the numbers do not change).
     With `reuse`, a (seed, arm) already in `out`/results.json with the same configuration is
     loaded instead of trained again (every run is deterministic), so adding an arm or a seed
-    trains only what is new. Returns the results dict.
+    trains only what is new. A folder holding a study of another configuration (or other AT options
+    for an arm in both) is refused before anything is written, unless `overwrite`. Returns the results dict.
     """
     cfg = study_config(preset, quick, **overrides)
-    if int(seeds) != seeds or seeds < 1:
+    if isinstance(seeds, bool) or int(seeds) != seeds or seeds < 1:
         raise ValueError(f"seeds must be an integer >= 1, got {seeds}")
+    if isinstance(workers, bool) or int(workers) != workers or workers < 1:
+        raise ValueError(f"workers must be an integer >= 1, got {workers}")
     unknown = [v for v in variants if v not in ARMS]
     if unknown:
         raise ValueError(f"unknown variant(s) {unknown}; choose from {sorted(ARMS)}")
@@ -214,6 +219,17 @@ def run_study(out: str | Path, preset: str | None = None, seeds: int = 3, quick:
     if set(at) - known:
         raise ValueError(f"unknown AT options {sorted(set(at) - known)}; known: {sorted(known)}")
     at_cfg = {a: ATConfig(**{**at, **ARMS[a]}).as_dict() for a in variants}   # validates
+
+    def differences(prev: dict) -> list:
+        was = {k: v for k, v in prev["config"].items() if k not in NOT_IN_RUNS}
+        now = {k: v for k, v in cfg.items() if k not in NOT_IN_RUNS}
+        diff = [f"{k}: {was.get(k)!r} there, {now.get(k)!r} now" for k in sorted(set(was) | set(now))
+                if json.dumps(was.get(k), sort_keys=True) != json.dumps(now.get(k), sort_keys=True)]
+        return diff + [f"AT options of {a} differ" for a in at_cfg
+                       if a in prev.get("at", {}) and prev["at"][a] != at_cfg[a]]
+
+    check_results_folder(out, what="at-dm-study", differences=differences, overwrite=overwrite)
+    start_work()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     prev, views = _load_previous(out) if reuse else ({}, {})
@@ -276,13 +292,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", choices=sorted(PRESETS), help="a named setting (flags override it)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--seeds", type=int, default=3, help="seeds per variant (default: 3)")
+    p.add_argument("--seeds", type=int_at_least(1), default=3, help="seeds per variant (default: 3)")
     p.add_argument("--quick", action="store_true", help="tiny sizes (also set by DMAT_QUICK=1)")
-    p.add_argument("--workers", type=int, default=1, help="models trained at once (default: 1)")
+    p.add_argument("--workers", type=int_at_least(1), default=1, help="models trained at once (default: 1)")
     p.add_argument("--variants", nargs="+", default=list(DEFAULT_ARMS), choices=list(ARMS),
                    help="which arms to train (default: all five)")
     p.add_argument("--fresh", action="store_true", help="retrain every model even if --out "
                    "already holds it with the same configuration")
+    p.add_argument("--overwrite", action="store_true", help="replace a study of another configuration "
+                   "in --out (refused without it)")
     g = p.add_argument_group("data (defaults from the preset, else ring8 clean)")
     g.add_argument("--dist", choices=["ring8", "grid25", "plane3d", "subspace", "anisotropic"])
     g.add_argument("--corruption", choices=["clean", "inlier", "outlier", "offplane"])
@@ -316,7 +334,7 @@ def _main(a: argparse.Namespace) -> int:
     over = {k: getattr(a, k) for k in ("dist", "corruption", "p", "s", "q", "outlier", "n_train",
                                        "steps", "batch", "n_eval")}
     run_study(a.out, a.preset, a.seeds, a.quick or os.environ.get("DMAT_QUICK") == "1",
-              tuple(a.variants), at, a.workers, reuse=not a.fresh, **over)
+              tuple(a.variants), at, a.workers, reuse=not a.fresh, overwrite=a.overwrite, **over)
     return 0
 
 

@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 
 from ..common.checkpoint import atomic_write_text
+from ..common.outputs import check_results_folder, start_work
+from ..common.settings import int_at_least
 from ..diffusion.edm import CountingDenoiser
 from ..diffusion.samplers import latent_noise, run
 from ..toys.metrics import sample_metrics
@@ -120,9 +122,22 @@ def plot(rows: list[dict], samples: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def check_demo_out(out, n: int, quick: bool, seed: int, overwrite: bool = False) -> None:
+    """Before any work, reading only: `out` may receive the demo's files (a writable folder, empty of
+    results or holding the demo's own results of these settings, or `overwrite`)."""
+    if int(n) != n or n < 2:
+        raise ValueError(f"n must be an integer >= 2, got {n}")
+    now = {"n": n, "seed": seed, "quick": quick}
+    check_results_folder(out, what="demo", overwrite=overwrite, differences=lambda prev: [
+        f"{k}: {prev['meta'][k]!r} there, {v!r} now" for k, v in now.items() if prev["meta"][k] != v])
+
+
 def run_demo(out: str | Path, n: int = 20_000, quick: bool = False, seed: int = 0,
-             progress: bool = True) -> list[dict]:
-    """Run the demo, print its table, write results.json, table.md and demo.png under `out`."""
+             progress: bool = True, overwrite: bool = False) -> list[dict]:
+    """Run the demo, print its table, write results.json, table.md and demo.png under `out` (a
+    folder holding the demo's results of other settings is refused unless `overwrite`)."""
+    check_demo_out(out, n, quick, seed, overwrite)
+    start_work()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     configs = QUICK_CONFIGS if quick else DEMO_CONFIGS
@@ -148,13 +163,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="every sampler on the exact denoiser of ring8 and grid25, "
                        "measured exactly (the README's main command)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="results/demo", help="output folder (default: results/demo)")
-    p.add_argument("--n", type=int, default=20_000, help="samples per run (default: 20000)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--out", default="results/demo", help="output folder (default: results/demo); "
+                   "demo results of other settings there are refused unless --overwrite")
+    p.add_argument("--n", type=int_at_least(2), default=20_000, help="samples per run (default: 20000)")
+    p.add_argument("--seed", type=int_at_least(0), default=0, help="random seed (default: 0)")
     p.add_argument("--quick", action="store_true", help="fewer samplers (also set by DMAT_QUICK=1)")
+    p.add_argument("--overwrite", action="store_true", help="replace demo results of other settings in --out")
     p.set_defaults(func=_main)
 
 
 def _main(a: argparse.Namespace) -> int:
-    run_demo(a.out, a.n, a.quick or os.environ.get("DMAT_QUICK") == "1", a.seed)
+    run_demo(a.out, a.n, a.quick or os.environ.get("DMAT_QUICK") == "1", a.seed, overwrite=a.overwrite)
     return 0

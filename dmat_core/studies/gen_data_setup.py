@@ -31,9 +31,12 @@ from __future__ import annotations
 
 import hashlib
 import math
+from typing import List, Literal
 
 import torch
+from pydantic import Field
 
+from ..common.settings import Settings
 from ..toys.gaussians import GaussianWorld, isotropic, lowrank
 
 GENERATORS = ("none", "truth", "mle", "shrinkage", "more-labelled", "pseudo-label",
@@ -94,49 +97,71 @@ PRESETS = {
 NOT_IN_CELLS = ("dims", "ns", "generators", "preset", "size", "dm_seeds_high_d")
 
 
+class GenDataStudyConfig(Settings):
+    """The schema of the study's configuration (the typed settings layer, :mod:`dmat_core.common.settings`):
+    every key of DEFAULTS, SIZES and the presets, with its type and range."""
+
+    world: Literal["isotropic", "lowrank"]
+    norm: Literal[NORMS]                    # type: ignore[valid-type]
+    eps: float = Field(ge=0.0)
+    eps_scaling: Literal["none", "sqrt-d"]
+    dims: List[int] = Field(min_length=1)   # d, each >= 1 (checked below with the name d)
+    ns: List[int] = Field(min_length=1)     # real points per class, each >= 2
+    generators: List[Literal[GENERATORS]] = Field(min_length=1)   # type: ignore[valid-type]
+    clf_steps: int = Field(ge=1)
+    clf_batch: int = Field(ge=1)
+    clf_lr: float = Field(gt=0.0)
+    unsup_fraction: float = Field(gt=0.0, lt=1.0)
+    n_gen: int = Field(ge=1)
+    more_k: int = Field(ge=1)
+    pool_k: int = Field(ge=1)
+    noise_p: float = Field(ge=0.0, le=1.0)
+    noise_s: float = Field(ge=0.0)
+    dm_knots: int = Field(ge=2)
+    dm_sigma_max: float = Field(gt=0.0)
+    dm_batch: int = Field(ge=1)
+    dm_lr: float = Field(gt=0.0)
+    dm_ema: float = Field(ge=0.0, lt=1.0)
+    dm_warmup: int = Field(ge=0)
+    dm_steps: int = Field(ge=1)
+    dm_steps_high_d: int = Field(ge=1)
+    dm_high_d: int = Field(ge=1)
+    dm_seeds_high_d: int = Field(ge=1)
+    sampler_steps: int = Field(ge=1)
+    dm_lam: float = Field(ge=0.0)
+    mlp_max_d: int = Field(ge=0)            # 0: no MLP DMs
+    mlp_width: int = Field(ge=1)
+    mlp_depth: int = Field(ge=1)
+    mlp_steps: int = Field(ge=1)
+    mlp_lr: float = Field(gt=0.0)
+    ll_n: int = Field(ge=2)
+    preset: Literal[tuple(PRESETS)]         # type: ignore[valid-type]
+    size: Literal["full", "quick"]
+
+
 def _check_ints(name: str, values, low: int) -> list:
+    """The sorted distinct values of a list of integers >= low (the schema checked they are integers)."""
     vals = list(values)
-    if not vals or any(isinstance(v, bool) or int(v) != v or v < low for v in vals):
+    if any(v < low for v in vals):
         raise ValueError(f"{name} must be integers >= {low}, got {vals}")
-    return sorted({int(v) for v in vals})
+    return sorted(set(vals))
 
 
 def study_config(preset: str | None = None, quick: bool = False, **overrides) -> dict:
-    """DEFAULTS < size < preset < overrides (None values ignored), checked: ValueError with one
-    line for d < 1, n < 2 (a class needs two points for a covariance), eps < 0, an unknown
-    generator, norm or setting."""
+    """DEFAULTS < size < preset < overrides (None values left out: the flag was not given), checked
+    against :class:`GenDataStudyConfig` (SettingsError, one line): d >= 1, n >= 2 (a class needs two
+    points for a covariance), eps >= 0, known generators, norm and settings. A plain dict, with
+    the dimensions and sizes sorted and the generators in their canonical order."""
     if preset is not None and preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
     cfg = {**DEFAULTS, **SIZES["quick" if quick else "full"], **PRESETS.get(preset or "isotropic-linf", {})}
-    unknown = set(overrides) - set(cfg)
-    if unknown:
-        raise ValueError(f"unknown setting(s) {sorted(unknown)}; known: {sorted(cfg)}")
+    GenDataStudyConfig._known(overrides, "")
     cfg.update({k: v for k, v in overrides.items() if v is not None})
     cfg.update(preset=preset or "isotropic-linf", size="quick" if quick else "full")
+    GenDataStudyConfig.from_dict(cfg)       # checks only: the values stay as given
     cfg["dims"] = _check_ints("d", cfg["dims"], 1)
     cfg["ns"] = _check_ints("n (real points per class)", cfg["ns"], 2)
-    if not (isinstance(cfg["eps"], (int, float)) and math.isfinite(cfg["eps"]) and cfg["eps"] >= 0):
-        raise ValueError(f"eps must be a finite number >= 0, got {cfg['eps']}")
-    if cfg["norm"] not in NORMS:
-        raise ValueError(f"norm must be one of {NORMS}, got {cfg['norm']!r}")
-    if cfg["world"] not in ("isotropic", "lowrank") or cfg["eps_scaling"] not in ("none", "sqrt-d"):
-        raise ValueError(f"world must be isotropic or lowrank and eps_scaling none or sqrt-d, got "
-                         f"{cfg['world']!r}, {cfg['eps_scaling']!r}")
-    bad = [g for g in cfg["generators"] if g not in GENERATORS]
-    if bad or not cfg["generators"]:
-        raise ValueError(f"unknown generator(s) {bad}; choose from {list(GENERATORS)}")
     cfg["generators"] = [g for g in GENERATORS if g in cfg["generators"] or g == "none"]
-    if not 0 < cfg["unsup_fraction"] < 1:
-        raise ValueError(f"unsup_fraction must be in (0, 1), got {cfg['unsup_fraction']}")
-    if not (0 <= cfg["noise_p"] <= 1 and cfg["noise_s"] >= 0):
-        raise ValueError(f"need noise_p in [0, 1] and noise_s >= 0, got {cfg['noise_p']}, {cfg['noise_s']}")
-    for k in ("clf_steps", "clf_batch", "n_gen", "more_k", "pool_k", "dm_knots", "dm_batch", "dm_steps",
-              "dm_steps_high_d", "dm_seeds_high_d", "sampler_steps", "mlp_width", "mlp_depth", "mlp_steps", "ll_n"):
-        low = 2 if k in ("dm_knots", "ll_n") else 1
-        if isinstance(cfg[k], bool) or int(cfg[k]) != cfg[k] or cfg[k] < low:
-            raise ValueError(f"{k} must be an integer >= {low}, got {cfg[k]}")
-    if isinstance(cfg["mlp_max_d"], bool) or int(cfg["mlp_max_d"]) != cfg["mlp_max_d"] or cfg["mlp_max_d"] < 0:
-        raise ValueError(f"mlp_max_d must be an integer >= 0 (0: no MLP DMs), got {cfg['mlp_max_d']}")
     return cfg
 
 

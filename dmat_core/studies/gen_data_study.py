@@ -46,7 +46,8 @@ import torch
 import torch.nn.functional as F
 
 from ..common.checkpoint import atomic_save, atomic_write_text, load_checkpoint
-from ..common.settings import one_line_errors
+from ..common.outputs import check_results_folder, start_work
+from ..common.settings import int_at_least, one_line_errors
 from ..common.train_utils import torch_threads
 from ..diffusion.edm import edm_sigmas
 from ..diffusion.losses import ATConfig
@@ -293,15 +294,21 @@ def _previous_cells(out: Path, cfg: dict) -> tuple[dict, dict]:
 
 
 def run_study(out: str | Path, preset: str | None = None, seeds: int = 20, quick: bool = False,
-              workers: int = 1, progress: bool = True, reuse: bool = True, **overrides) -> dict:
+              workers: int = 1, progress: bool = True, reuse: bool = True, overwrite: bool = False,
+              **overrides) -> dict:
     """Run the study and write results.json, table.md and figure.png under `out`. `overrides`:
     any key of the configuration (dims, ns, eps, generators, clf_steps, ...). Every input is
-    checked before anything is written."""
+    checked before anything is written; a folder holding a study whose cells depend on other
+    settings is refused unless `overwrite`."""
     cfg = study_config(preset, quick, **overrides)
     if isinstance(seeds, bool) or int(seeds) != seeds or seeds < 1:
         raise ValueError(f"seeds must be an integer >= 1, got {seeds}")
     if int(workers) != workers or workers < 1:
         raise ValueError(f"workers must be an integer >= 1, got {workers}")
+    check_results_folder(out, what="gen-data-study", overwrite=overwrite, differences=lambda prev: [
+        f"{k}: {cell_key(prev['config']).get(k)!r} there, {v!r} now" for k, v in cell_key(cfg).items()
+        if cell_key(prev["config"]).get(k) != v])
+    start_work()
     out = Path(out)
     dm_hash = hashlib.sha1(json.dumps({"format": DM_FORMAT, **{k: cfg[k] for k in DM_KEYS}},
                                       sort_keys=True).encode()).hexdigest()[:10]
@@ -373,10 +380,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     one_line_errors(p)                         # one line, like bad values
     p.add_argument("--preset", choices=sorted(PRESETS), help="the world and threat (default isotropic-linf)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--seeds", type=int, default=20, help="draws of the real points (default: 20)")
+    p.add_argument("--seeds", type=int_at_least(1), default=20, help="draws of the real points (default: 20)")
     p.add_argument("--quick", action="store_true", help="tiny sizes (also set by DMAT_QUICK=1)")
-    p.add_argument("--workers", type=int, default=1, help="cells run at once (default: 1)")
+    p.add_argument("--workers", type=int_at_least(1), default=1, help="cells run at once (default: 1)")
     p.add_argument("--fresh", action="store_true", help="recompute every cell and DM, even those already in --out")
+    p.add_argument("--overwrite", action="store_true", help="replace a study of other cell settings in --out "
+                   "(refused without it)")
     p.add_argument("--d", type=int, nargs="+", dest="dims", help="dimensions (default: 2 16 64 256)")
     p.add_argument("--n", type=int, nargs="+", dest="ns", help="real points per class (default: 4 16 64 256)")
     p.add_argument("--eps", type=float, help="threat radius (times sqrt(d) for lowrank-l2)")
@@ -389,5 +398,5 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def _main(a: argparse.Namespace) -> int:
     over = {k: getattr(a, k) for k in ("dims", "ns", "eps", "generators", "clf_steps", "dm_steps")}
     run_study(a.out, a.preset, a.seeds, a.quick or os.environ.get("DMAT_QUICK") == "1", a.workers,
-              reuse=not a.fresh, **over)
+              reuse=not a.fresh, overwrite=a.overwrite, **over)
     return 0
