@@ -160,19 +160,29 @@ def test_generated_round_trip_and_mmap(tmp_path):
     data.save_generated(tmp_path / "t.npz", torch.from_numpy(x), torch.from_numpy(y))  # tensors too
 
 
-def test_compressed_npz_and_directory(tmp_path):
+def test_compressed_npz_and_directory(tmp_path, monkeypatch):
+    """A compressed set is unpacked into the user's cache, never beside the input (a reader writes
+    nothing in the folder it reads); a refused file leaves no cache behind."""
+    monkeypatch.setenv("DMAT_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "in").mkdir()
     x, y = _gen(30)
-    np.savez_compressed(tmp_path / "c.npz", image=x, label=y)
-    xm, ym = data.load_generated(tmp_path / "c.npz")
+    np.savez_compressed(tmp_path / "in" / "c.npz", image=x, label=y)
+    xm, ym = data.load_generated(tmp_path / "in" / "c.npz")
     assert isinstance(xm, np.memmap)
     np.testing.assert_array_equal(xm, x), np.testing.assert_array_equal(ym, y)
-    cache = tmp_path / "c.npz.mmap"
+    assert _listing(tmp_path / "in") == ["c.npz"]
+    [cache] = list((tmp_path / "cache" / "npz-mmap").iterdir())
     assert _listing(cache) == ["image.npy", "label.npy", "source.json"]
     xd, _ = data.load_generated(cache)  # a directory of .npy files is a generated set too
     np.testing.assert_array_equal(xd, x)
     x2, y2 = _gen(20, seed=1)  # the source changes: the cache is rebuilt
-    np.savez_compressed(tmp_path / "c.npz", image=x2, label=y2)
-    np.testing.assert_array_equal(data.load_generated(tmp_path / "c.npz")[0], x2)
+    np.savez_compressed(tmp_path / "in" / "c.npz", image=x2, label=y2)
+    np.testing.assert_array_equal(data.load_generated(tmp_path / "in" / "c.npz")[0], x2)
+    np.savez_compressed(tmp_path / "in" / "bad.npz", image=x2, label=y2 + 100)   # refused: labels out of range
+    caches = _listing(tmp_path / "cache" / "npz-mmap")
+    with pytest.raises(ValueError, match="out of range"):
+        data.load_generated(tmp_path / "in" / "bad.npz")
+    assert _listing(tmp_path / "cache" / "npz-mmap") == caches and _listing(tmp_path / "in") == ["bad.npz", "c.npz"]
 
 
 @pytest.mark.parametrize("arrays, message", [

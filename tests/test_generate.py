@@ -171,10 +171,12 @@ def test_two_torchrun_processes_make_the_same_shards(ckpt, tmp_path):
 
 
 @pytest.mark.parametrize("bad, match", [
-    (dict(n=0), "n must be a positive integer"),
-    (dict(shard_size=-1), "shard size must be a positive integer"),
+    (dict(n=0), "n=0: n must be null or an integer >= 1"),
+    (dict(shard_size=-1), "shard_size=-1: shard_size must be an integer >= 1"),
     (dict(classes=[0, K]), r"classes must be distinct labels in \[0, 4\)"),
-    (dict(batch_size=0), "batch size must be a positive integer"),
+    (dict(classes=[1, 1]), r"classes must be distinct labels, got \[1, 1\]"),
+    (dict(batch_size=0), "batch_size=0: batch_size must be an integer >= 1"),
+    (dict(sampler_kwargs={"S_churn": -1.0}), "S_churn=-1.0: the churn must be a finite number >= 0"),
     (dict(seed=4), "seed: 3 there, 4 now"),
     (dict(steps=3), "steps: 2 there, 3 now"),
     (dict(expect_arch="small"), "another architecture: size='tiny' in the file"),

@@ -38,6 +38,20 @@ def parse_set(items, model: Optional[type] = None) -> dict:
     return out
 
 
+def json_object_flag(text, flag: str):
+    """The JSON object a flag such as ``--arch-kw`` holds (None when not given), or one line naming the flag."""
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise SettingsError(f"{flag}: not valid JSON ({e.msg} at column {e.colno}): {text!r}; "
+                            "write e.g. '{\"width\": 8}'") from None
+    if not isinstance(value, dict):
+        raise SettingsError(f"{flag}: must be a JSON object such as '{{\"width\": 8}}', got {text!r}")
+    return value
+
+
 def training_parser(sub, name: str, help: str, doc: str, presets: Mapping, notes: Mapping,
                     config_class: str, set_example: str) -> argparse.ArgumentParser:
     """The sub-command ``name``: its module docstring ``doc`` and the preset notes as description,

@@ -24,10 +24,10 @@ from pathlib import Path
 import torch
 
 from ..common.outputs import check_out_file, start_work
-from ..common.settings import SettingsError, check_device, int_at_least, parse_eps
+from ..common.settings import check_device, int_at_least, parse_eps
 from ..robust.config import PRESET_NOTES, PRESETS, TrainATConfig, make_config
 from ..robust.evaluate import ATTACKS
-from .settings import add_run_args, config_from_args, print_result, training_parser
+from .settings import add_run_args, config_from_args, json_object_flag, print_result, training_parser
 
 # ----------------------------------------------------------------------------- train-at
 
@@ -68,20 +68,6 @@ def _add_train(sub) -> None:
 
 
 # ----------------------------------------------------------------------------- eval
-
-def json_object_flag(text, flag: str):
-    """The JSON object a flag such as ``--arch-kw`` holds (None when not given), or one line naming the flag."""
-    if text is None:
-        return None
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise SettingsError(f"{flag}: not valid JSON ({e.msg} at column {e.colno}): {text!r}; "
-                            "write e.g. '{\"width\": 8}'") from None
-    if not isinstance(value, dict):
-        raise SettingsError(f"{flag}: must be a JSON object such as '{{\"width\": 8}}', got {text!r}")
-    return value
-
 
 def _eval_main(a: argparse.Namespace) -> int:
     from ..common.checkpoint import atomic_write_text

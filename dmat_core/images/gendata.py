@@ -9,18 +9,23 @@ A generated set is an ``.npz`` with ``image``: uint8 (N, 32, 32, 3), NHWC, RGB, 
   here produce) stores each ``.npy`` byte for byte, so :func:`load_generated` reads the zip
   local headers, finds where each array's data starts, and ``np.memmap``\\ s it in place.
 - A compressed ``.npz`` (``np.savez_compressed``) cannot be mapped; with ``mmap=True`` it is
-  streamed once into a directory of ``.npy`` files (default ``<file>.npz.mmap/``, rebuilt if
-  the source changes) that is mapped instead. A directory of ``image.npy`` and
-  ``label.npy`` is also accepted as a generated set.
+  streamed once into a directory of ``.npy`` files that is mapped instead: in the user's cache
+  (``$DMAT_CACHE``, else ``~/.cache/dmat``; keyed by the file's path, size and modification time,
+  rebuilt when they change), never beside the input, so a set in a read-only folder reads and a
+  refused file leaves nothing behind (the cache is kept only once the arrays are valid). Where
+  the cache cannot be written, the set is read into memory instead. A directory of
+  ``image.npy`` and ``label.npy`` is also accepted as a generated set.
 
 Every writer is atomic (temporary file, then ``os.replace``): a crash leaves no partial file.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import struct
+import tempfile
 import zipfile
 from pathlib import Path
 from typing import Iterable, Optional, Sequence, Union
@@ -30,7 +35,7 @@ import numpy as np
 from ..common.checkpoint import atomic_open, atomic_write_text
 
 __all__ = ["IMAGE_SHAPE", "load_generated", "save_generated", "merge_generated",
-           "npz_to_npy_dir", "validate_generated"]
+           "npz_to_npy_dir", "validate_generated", "cache_root"]
 
 PathLike = Union[str, os.PathLike]
 IMAGE_SHAPE = (32, 32, 3)
@@ -130,21 +135,73 @@ def _cache_is_fresh(path: Path, cache: Path) -> bool:
     return rec.get("size") == st.st_size and rec.get("mtime_ns") == st.st_mtime_ns
 
 
-def _load_arrays(path: Path, mmap: bool, cache_dir: Optional[Path]) -> dict[str, np.ndarray]:
+def cache_root() -> Path:
+    """Where compressed sets are unpacked for mapping: ``$DMAT_CACHE``, else ``~/.cache/dmat``
+    (``$XDG_CACHE_HOME/dmat`` when that is set)."""
+    if os.environ.get("DMAT_CACHE"):
+        return Path(os.environ["DMAT_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dmat"
+
+
+def _cache_for(path: Path) -> Path:
+    st = path.stat()
+    key = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:20]
+    return cache_root() / "npz-mmap" / f"{path.stem}-{key}"
+
+
+def _load_dir(path: Path, mmap: bool) -> dict[str, np.ndarray]:
+    files = {p.stem: p for p in path.glob("*.npy")}
+    return {k: np.load(p, mmap_mode="r" if mmap else None, allow_pickle=False) for k, p in files.items()}
+
+
+def _check_arrays(path: Path, arrays: dict, num_classes: Optional[int]) -> None:
+    missing = [k for k in ("image", "label") if k not in arrays]
+    if missing:
+        raise ValueError(f"{path}: missing key(s) {missing}; found {sorted(arrays)} "
+                         "(expected 'image' and 'label')")
+    validate_generated(arrays["image"], arrays["label"], num_classes, where=str(path))
+
+
+def _unpacked(path: Path, cache_dir: Optional[Path], num_classes: Optional[int]) -> Optional[dict]:
+    """The arrays of a compressed ``.npz``, mapped from a cache folder of ``.npy`` files; the folder is
+    kept only when the arrays are valid (None: no cache can be written here, read into memory)."""
+    cache = cache_dir or _cache_for(path)
+    if _cache_is_fresh(path, cache):
+        return _load_dir(cache, True)
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=cache.parent, prefix=f".{cache.name}.", suffix=".tmp"))
+    except OSError:
+        return None
+    try:
+        npz_to_npy_dir(path, tmp)
+        _check_arrays(path, _load_dir(tmp, True), num_classes)
+        if cache.exists():
+            shutil.rmtree(cache, ignore_errors=True)
+        try:
+            os.replace(tmp, cache)
+        except OSError:
+            if not _cache_is_fresh(path, cache):       # not another process (a DDP rank) that won the race
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return _load_dir(cache, True)
+
+
+def _load_arrays(path: Path, mmap: bool, cache_dir: Optional[Path],
+                 num_classes: Optional[int] = None) -> dict[str, np.ndarray]:
     if path.is_dir():
-        files = {p.stem: p for p in path.glob("*.npy")}
-        return {k: np.load(p, mmap_mode="r" if mmap else None, allow_pickle=False)
-                for k, p in files.items()}
+        return _load_dir(path, mmap)
     if not zipfile.is_zipfile(path):
         raise ValueError(f"{path}: not a valid .npz (zip) file: truncated, or another format")
     if mmap:
         arrays = _memmap_stored_npz(path)
+        if arrays is None:
+            arrays = _unpacked(path, cache_dir, num_classes)
         if arrays is not None:
             return arrays
-        cache = cache_dir or path.with_name(path.name + ".mmap")
-        if not _cache_is_fresh(path, cache):
-            npz_to_npy_dir(path, cache)
-        return _load_arrays(cache, True, None)
     with np.load(path, allow_pickle=False) as npz:
         return {k: npz[k] for k in npz.files}
 
@@ -157,8 +214,8 @@ def load_generated(path: PathLike, num_classes: Optional[int] = 10, mmap: bool =
         path: the ``.npz`` file (or directory).
         num_classes: labels must lie in ``[0, num_classes)``; None skips the range check.
         mmap: memory-map instead of reading (see the module docstring for how).
-        cache_dir: where a compressed ``.npz`` is unpacked for mapping
-            (default ``<path>.mmap/`` beside it).
+        cache_dir: where a compressed ``.npz`` is unpacked for mapping (default: a folder of
+            the user's cache, :func:`cache_root`; never beside the input).
 
     Returns:
         ``(images, labels)``: uint8 (N, 32, 32, 3) and integer (N,) arrays (read-only
@@ -172,17 +229,13 @@ def load_generated(path: PathLike, num_classes: Optional[int] = 10, mmap: bool =
     if not path.exists():
         raise FileNotFoundError(f"generated data not found: {path}")
     try:
-        arrays = _load_arrays(path, mmap, Path(cache_dir) if cache_dir else None)
+        arrays = _load_arrays(path, mmap, Path(cache_dir) if cache_dir else None, num_classes)
     except ValueError as e:
         msg = str(e)
         raise ValueError(msg if msg.startswith(str(path)) else f"{path}: {msg}") from e
     except (zipfile.BadZipFile, OSError, EOFError) as e:
         raise ValueError(f"{path}: unreadable generated-data file ({type(e).__name__}: {e})") from e
-    missing = [k for k in ("image", "label") if k not in arrays]
-    if missing:
-        raise ValueError(f"{path}: missing key(s) {missing}; found {sorted(arrays)} "
-                         "(expected 'image' and 'label')")
-    validate_generated(arrays["image"], arrays["label"], num_classes, where=str(path))
+    _check_arrays(path, arrays, num_classes)
     return arrays["image"], arrays["label"]
 
 
