@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pickle
 import tempfile
 import warnings
 from pathlib import Path
@@ -139,15 +140,22 @@ def load_checkpoint(path: PathLike, map_location: Any = "cpu") -> Any:
     """
     path = Path(path)
     if not path.is_file():
+        if path.is_dir():
+            raise IsADirectoryError(f"{path} is a folder; a checkpoint file is expected")
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises RuntimeError, UnpicklingError, EOFError, ...
+        if isinstance(e, pickle.UnpicklingError) and "weights only" in str(e).lower():
+            # torch's own message goes on to explain how to load the file without the check
+            # (weights_only=False): the one thing not to do with a file that holds code.
+            raise ValueError(
+                f"{path}: not a valid checkpoint: it holds Python objects other than tensors and plain "
+                "data, which could run code when loaded; refused (dmat loads weights only)") from None
         first_line = (str(e).splitlines() or [""])[0]
         raise ValueError(
             f"{path}: not a valid checkpoint ({type(e).__name__}: {first_line}). It may be "
-            "truncated, not written by torch.save, or hold objects that weights_only "
-            "loading refuses.") from e
+            "truncated, or not written by torch.save.") from None
 
 
 # --------------------------------------------------------------------------- RNG state

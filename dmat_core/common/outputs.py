@@ -141,10 +141,11 @@ def check_results_folder(out, *, what: str, differences: Callable[[dict], list],
         return None
     advice = f"use another {flag}, or --overwrite to replace them"
     try:
-        prev = read_json_file(path, f"{what} results file")
+        prev = read_json_file(path, "results file")
         diff = differences(prev)
     except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise FileExistsError(f"{path} is not a {what} results file ({e}); {advice}") from None
+        reason = str(e).removeprefix(f"{path}: ") if isinstance(e, ValueError) else f"no {e}"
+        raise FileExistsError(f"{path} is not a results file of {what} ({reason}); {advice}") from None
     if diff:
         raise FileExistsError(f"{p} holds {what} results of other settings ({'; '.join(diff)}); {advice}")
     return prev

@@ -103,9 +103,10 @@ def check_run_folder(out_dir, config, *, what: str, may_change: Iterable[str], o
     advice = "use another --out, or --overwrite to replace that run"
     if saved_file.exists():
         try:
-            saved = type(config).from_file(saved_file, f"{what} config").to_dict()
+            saved = type(config).from_file(saved_file, "config").to_dict()
         except ValueError as e:
-            raise RunMismatchError(f"{saved_file} is not the config of a {what} run ({e}); {advice}") from None
+            reason = str(e).removeprefix(f"{saved_file}: ")
+            raise RunMismatchError(f"{saved_file} is not the config of a {what} run ({reason}); {advice}") from None
         now, may_change = config.to_dict(), set(may_change)
         diff = [k for k in now if k not in may_change and saved.get(k) != now[k]]
         if diff:

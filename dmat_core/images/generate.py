@@ -213,9 +213,10 @@ def read_manifest(out) -> Optional[dict]:
     if not path.exists():
         return None
     try:
-        return Manifest.from_file(path, "generate manifest").to_dict()
+        return Manifest.from_file(path, "manifest").to_dict()
     except ValueError as e:
-        raise ValueError(f"{path} is not a manifest of `dmat generate` ({e}); choose another output "
+        reason = str(e).removeprefix(f"{path}: ")
+        raise ValueError(f"{path} is not a manifest of `dmat generate` ({reason}); choose another output "
                          "directory, or --overwrite to replace it") from None
 
 
