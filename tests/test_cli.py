@@ -35,8 +35,8 @@ def test_toy_sample_writes_npz_and_json(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, msg", [
-    (["--dist", "ring8", "--n", "0", "--json"], "n must be a positive integer"),
-    (["--dist", "ring8", "--steps", "0", "--json"], "steps must be an integer >= 1"),
+    (["--dist", "ring8", "--n", "0", "--json"], "argument --n: must be an integer >= 1, got 0"),
+    (["--dist", "ring8", "--steps", "0", "--json"], "argument --steps: must be an integer >= 1, got 0"),
     (["--dist", "ring8", "--denoiser", "net.pt", "--json"], "unknown denoiser"),
 ])
 def test_toy_sample_bad_input(argv, msg, tmp_path, capsys):
@@ -68,6 +68,18 @@ def test_set_values_are_json_when_they_parse_else_strings():
     got = parse_set(["lam=0.5", "unet={\"dropout\": 0.1}", "at-variant=adversarial", "ema=true", "note=a=b"])
     assert got == {"lam": 0.5, "unet": {"dropout": 0.1}, "at_variant": "adversarial", "ema": True, "note": "a=b"}
     assert parse_set(None) == {}
+
+
+def test_set_values_are_typed_by_the_settings():
+    """With the settings model, a string setting keeps the text (``arch=true`` is a name), null is
+    null, and a value that is not JSON stays a string, which a bool or number setting then refuses."""
+    from dmat_core.cli.settings import parse_set
+    from dmat_core.robust.config import TrainATConfig, make_config
+    got = parse_set(["arch=true", "generated=null", "augment=False", "eps=8/255", "seed=3"], TrainATConfig)
+    assert got == {"arch": "true", "generated": None, "augment": "False", "eps": "8/255", "seed": 3}
+    assert make_config("cpu-quick", **parse_set(["augment=false", "eps=8/255"], TrainATConfig)).augment is False
+    with pytest.raises(ValueError, match='augment="False": augment must be true or false'):
+        make_config("cpu-quick", **parse_set(["augment=False"], TrainATConfig))
 
 
 # ---------------------------------------------------------------- dmat toy likelihood
@@ -116,7 +128,7 @@ def _write_other_kinds(tmp_path):
 
 @pytest.mark.parametrize("argv, msg", [
     (["--dist", "ring9"], "invalid choice: 'ring9'"),
-    (["--dist", "ring8", "--n", "0"], "n must be a positive integer"),
+    (["--dist", "ring8", "--n", "0"], "argument --n: must be an integer >= 1, got 0"),
     (["--dist", "ring8", "--denoiser", "train.pt"], "not a toy denoiser file"),
     (["--dist", "ring8", "--denoiser", "notes.pt"], "not a valid checkpoint"),
     (["--dist", "ring8", "--denoiser", "d3.pt"], "a toy denoiser for d = 3"),
