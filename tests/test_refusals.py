@@ -266,7 +266,7 @@ CASES = [
     ("atdm-p", ["toy", "at-dm-study", "--quick", "--p", "1.5", "--out", NEW], 2, "p=1.5: p must be a number in [0, 1]", None),
     ("atdm-n-train", ["toy", "at-dm-study", "--quick", "--n-train", "0", "--out", NEW], 2, "n_train=0: n_train must be an integer >= 2", None),
     ("atdm-seeds", ["toy", "at-dm-study", "--quick", "--seeds", "0", "--out", NEW], 2, "argument --seeds: must be an integer >= 1", None),
-    ("atdm-lam", ["toy", "at-dm-study", "--quick", "--lam", "-1", "--out", NEW], 2, "lambda must be a finite number >= 0", None),
+    ("atdm-lam", ["toy", "at-dm-study", "--quick", "--lam", "-1", "--out", NEW], 2, "lam=-1.0: lam must be null or a number >= 0", None),
     ("atdm-out-is-file", ["toy", "at-dm-study", "--quick", "--out", "{r}/file.txt"], 2, "is a file; a folder is expected", None),
     ("atdm-other-config", ["toy", "at-dm-study", "--preset", "inlier-ring8", "--quick", "--out", "{r}/atdm_other"], 2,
      "steps: 7 there, 150 now", None),

@@ -96,6 +96,25 @@ class ATDMStudyConfig(Settings):
         return self
 
 
+class ATOptions(Settings):
+    """The AT options shared by every arm (``--lam``, ``--r-max``, ...): the fields of
+    :class:`~dmat_core.diffusion.losses.ATConfig` but the variant, typed; what is not given keeps
+    ATConfig's default (docs/science.md section 3)."""
+
+    lam: Optional[float] = Field(None, ge=0.0)
+    r_max: Optional[float] = Field(None, gt=0.0)
+    exponent: Optional[float] = Field(None, ge=0.0)
+    r_min: Optional[float] = Field(None, ge=0.0)
+    min_units: Optional[Literal["data", "noise"]] = None
+    fgsm_step: Optional[float] = Field(None, ge=0.0)
+    attack_target: Optional[Literal["gap", "residual"]] = None
+    detach_clean: Optional[bool] = None
+    weighting: Optional[Literal["edm", "eps"]] = None
+
+    def given(self) -> dict:
+        return {k: v for k, v in self.to_dict().items() if v is not None}
+
+
 def study_config(preset: str | None = None, quick: bool = False, **overrides) -> dict:
     """The full configuration of a study: DEFAULTS < size < preset < preset's size < overrides
     (an override of None is left out: the flag was not given), checked against

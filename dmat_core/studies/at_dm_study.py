@@ -21,7 +21,6 @@ import json
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +41,7 @@ from ..toys.nets import data_std
 from ..toys.smoothness import jacobian_frobenius, likelihood_gap, memorization_rate
 from ..toys.train import fit_toy, make_toy_model, train_toy
 from .at_dm_report import markdown_table, plot_study, summarize
-from .at_dm_setup import ARMS, DEFAULT_ARMS, PRESETS, project_2d, study_config, training_set
+from .at_dm_setup import ARMS, DEFAULT_ARMS, PRESETS, ATOptions, project_2d, study_config, training_set
 
 JAC_SIGMAS = [0.01, 0.05, 0.2, 1.0]
 NOT_IN_RUNS = {"cost_steps"}          # configuration keys that no trained model depends on
@@ -214,10 +213,7 @@ def run_study(out: str | Path, preset: str | None = None, seeds: int = 3, quick:
     unknown = [v for v in variants if v not in ARMS]
     if unknown:
         raise ValueError(f"unknown variant(s) {unknown}; choose from {sorted(ARMS)}")
-    at = dict(at or {})
-    known = {f.name for f in fields(ATConfig)} - {"variant"}
-    if set(at) - known:
-        raise ValueError(f"unknown AT options {sorted(set(at) - known)}; known: {sorted(known)}")
+    at = ATOptions.from_dict(at or {}).given()
     at_cfg = {a: ATConfig(**{**at, **ARMS[a]}).as_dict() for a in variants}   # validates
 
     def differences(prev: dict) -> list:
