@@ -372,8 +372,7 @@ def generate_shards(denoiser, out_dir, n: Optional[int] = None, *, per_class: Op
         m["shards"] = dict(old.get("shards", {}))          # the checksums of the shards written before
     S, K = m["shard_size"], m["num_classes"]
     mine = list(range(rank, m["num_shards"], world))
-    present = [i for i in mine if (out / shard_name(i)).is_file()] if same else []
-    missing = [i for i in mine if i not in present]
+    missing = [i for i in mine if not (same and (out / shard_name(i)).is_file())]
     check_out_dir(out, size=sum(min(m["n"], (i + 1) * S) - i * S for i in missing) * bytes_per_image()
                   + len(missing) * _SHARD_OVERHEAD)
     if check_outputs is not None:
@@ -388,8 +387,9 @@ def generate_shards(denoiser, out_dir, n: Optional[int] = None, *, per_class: Op
                 p.unlink()
         if old != m:
             atomic_write_text(out / MANIFEST, json.dumps(m, indent=2) + "\n")
-    _barrier()
-    todo = list(missing)
+    _barrier()                                            # rank 0's clean-up and manifest are done
+    present = [i for i in mine if same and (out / shard_name(i)).is_file()]
+    todo = [i for i in mine if i not in present]
     for i in present:                                     # verified against the recorded checksums
         why = _shard_problem(out / shard_name(i), m["shards"].get(shard_name(i)))
         if why:
