@@ -114,3 +114,15 @@ def test_an_interrupted_merge_target_is_checked_before_any_image(tmp_path):
                  merge_to=tmp_path / "other.npz")
     assert not (tmp_path / "g").exists()
     shutil.rmtree(tmp_path / "g", ignore_errors=True)
+
+
+def test_a_run_folder_of_an_earlier_version_is_still_resumed(tmp_path):
+    """config.json files written before the settings were typed say device: null (then: auto); they
+    are read as such (a file format's migration), while a new setting of null is refused."""
+    from dmat_core.images.dm_config import make_dm_config
+    from dmat_core.images.dm_train import check_run
+    cfg = make_dm_config("cpu-quick", out_dir=str(tmp_path))
+    (tmp_path / "config.json").write_text(json.dumps({**cfg.to_dict(), "device": None}))
+    assert check_run(cfg) == "resume"
+    with pytest.raises(ValueError, match="device=null"):
+        make_dm_config("cpu-quick", device=None)

@@ -205,8 +205,8 @@ def error_line(e: BaseException) -> tuple[int, str]:
         code = 2 if bad_input or not outputs.work_started() else 1
     elif isinstance(e, NonFiniteLossError):
         code, text = 1, str(e)
-    elif isinstance(e, (ValueError, KeyError)):
-        code, text = 2, str(e) if isinstance(e, ValueError) else f"missing entry {e}"
+    elif isinstance(e, ValueError):                      # settings, files, runs that do not fit
+        code, text = 2, str(e)
     elif isinstance(e, MemoryError) or "out of memory" in str(e).lower():
         code, text = 1, f"out of memory ({type(e).__name__}): lower --batch-size, or use a larger machine"
     else:

@@ -117,13 +117,13 @@ _ADVICE = {
 
 def describe_os_error(e: OSError) -> str:
     """One line for an operating-system error: the path, what went wrong, what to do."""
-    if e.filename is None:                                 # raised here or by dmat, already a sentence
-        text = str(e.strerror if e.errno is not None and e.strerror and len(e.args) == 2 else e)
-        advice = _ADVICE.get(e.errno) if e.errno is not None and len(e.args) == 2 and e.strerror \
-            and e.strerror == os.strerror(e.errno) else None
-        return f"{text}{f' ({advice})' if advice else ''}"
-    where = f"{e.filename}" + (f" -> {e.filename2}" if getattr(e, "filename2", None) else "")
     advice = _ADVICE.get(e.errno)
+    if e.filename is None:                 # a sentence of dmat's (it says what to do), or a bare error
+        if e.errno is None or len(e.args) < 2 or not e.strerror:
+            return str(e)
+        bare = e.strerror == os.strerror(e.errno)
+        return e.strerror + (f" ({advice})" if bare and advice else "")
+    where = f"{e.filename}" + (f" -> {e.filename2}" if getattr(e, "filename2", None) else "")
     reason = e.strerror or os.strerror(e.errno or 0)
     return f"{where}: {reason}" + (f" ({advice})" if advice and advice.lower() != reason.lower() else "")
 

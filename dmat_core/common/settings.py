@@ -252,8 +252,18 @@ class Settings(BaseModel):
 
     @classmethod
     def from_file(cls, path, what: Optional[str] = None):
-        """Read and check a JSON file of these settings (e.g. a run's ``config.json``)."""
-        return cls.from_dict(read_json_file(path, what or f"{cls.__name__} file"), where=str(path))
+        """Read and check a JSON file of these settings (e.g. a run's ``config.json``), as written by
+        this version or, through :meth:`upgrade`, an earlier one."""
+        return cls.from_dict(cls.upgrade(read_json_file(path, what or f"{cls.__name__} file")), where=str(path))
+
+    @classmethod
+    def upgrade(cls, d: dict) -> dict:
+        """A settings file of an earlier version in this version's terms (a file format's migration,
+        not a rule for new settings). Here: ``device: null``, which runs wrote before the settings
+        were typed, was "auto"."""
+        if "device" in cls.model_fields and "device" in d and d["device"] is None:
+            d = {**d, "device": "auto"}
+        return d
 
     @classmethod
     def layered(cls, presets: Mapping[str, Mapping], preset: Optional[str] = None, config_file=None,
