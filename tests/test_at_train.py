@@ -139,7 +139,7 @@ def test_sigkilled_process_resumes_bitwise(tiny, reference):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     proc = subprocess.Popen([sys.executable, "-m", "dmat_core", "train-at", "--config", str(cfg_file)],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 60
+    deadline = time.time() + 600                      # the first checkpoint: seconds, minutes on a loaded machine
     while not (out / "checkpoint.pt").exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
