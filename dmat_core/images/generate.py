@@ -118,8 +118,9 @@ def make_manifest(D, arch: dict, *, n: Optional[int] = None, per_class: Optional
                          f"got {classes}")
     n = _positive_int("n", n) if per_class is None else _positive_int("per class", per_class) * len(classes)
     shape = (arch.get("img_resolution"), arch.get("img_resolution"), arch.get("in_channels"))
-    if shape != IMAGE_SHAPE:
-        raise ValueError(f"the paper's .npz format holds {IMAGE_SHAPE} images; this model makes {shape}")
+    if shape[-1] not in (1, 3):
+        raise ValueError(f"generated sets hold grey (C = 1) or RGB (C = 3) images (the paper's: "
+                         f"{IMAGE_SHAPE}); this model makes {shape}")
     sampler_kwargs = dict(sampler_kwargs or {})
     try:                        # binds the arguments only: a generator runs nothing until iterated
         sampler_iter(D, torch.zeros(1), sampler, steps, **sampler_kwargs)
@@ -260,7 +261,7 @@ def generate_shards(denoiser, out_dir, n: Optional[int] = None, *, per_class: Op
         for i in todo:
             t0 = time.perf_counter()
             images, labels = make_shard(D, m, i, batch_size, device, bar)
-            save_generated(out / shard_name(i), images, labels, num_classes=m["num_classes"])
+            save_generated(out / shard_name(i), images, labels, num_classes=m["num_classes"], shape=None)
             sec = time.perf_counter() - t0
             yield {"shard": i, "path": str(out / shard_name(i)), "images": len(labels), "seconds": sec,
                    "images_per_s": len(labels) / sec, "rank": rank}
@@ -284,8 +285,8 @@ def _is_merge_of(merged: Path, paths: Sequence[Path]) -> bool:
     """Whether `merged` holds as many images as the shards, with the same labels (a finished merge)."""
     from .gendata import load_generated
     try:
-        _, y = load_generated(merged, num_classes=None)
-        labels = np.concatenate([load_generated(p, num_classes=None)[1] for p in paths])
+        _, y = load_generated(merged, num_classes=None, shape=None)
+        labels = np.concatenate([load_generated(p, num_classes=None, shape=None)[1] for p in paths])
     except ValueError:
         return False
     return len(y) == len(labels) and bool((y == labels).all())
@@ -301,7 +302,7 @@ def merge(out_dir, merged, overwrite: bool = False) -> str:
             return "up to date"
         raise FileExistsError(f"{merged} exists and is not the merge of {out_dir}: choose another "
                               "file or pass --overwrite")
-    merge_generated(paths, merged, num_classes=_read_manifest(Path(out_dir))["num_classes"])
+    merge_generated(paths, merged, num_classes=_read_manifest(Path(out_dir))["num_classes"], shape=None)
     return "merged"
 
 
