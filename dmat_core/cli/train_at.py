@@ -88,8 +88,9 @@ def _eval_main(a: argparse.Namespace) -> int:
     device = resolve_device(a.device)
     arch_kw = json.loads(a.arch_kw) if a.arch_kw else None
     model, info = load_trained_classifier(a.checkpoint, a.arch, arch_kw=arch_kw, weights=a.weights,
-                                          num_classes=dataset_info(a.dataset).num_classes)
+                                          num_classes=dataset_info(a.dataset).num_classes if a.dataset else None)
     model = model.to(device)
+    a.dataset = a.dataset or info.get("dataset") or "cifar10"    # default: the dataset the run trained on
     images, labels = load_images(a.dataset, train=a.split == "val", data_dir=a.data_dir)
     if a.split == "val":
         _, (images, labels) = split_validation(images, labels, a.n_val)
@@ -117,7 +118,8 @@ def _add_eval(sub) -> None:
     p.add_argument("--arch-kw", help="JSON keyword arguments of the architecture, e.g. '{\"width\": 16}'")
     p.add_argument("--weights", choices=["ema", "model"], default="ema", help="EMA (default) or raw weights")
     p.add_argument("--data-dir", help="CIFAR folder or archive (default $DMAT_DATA, else ./data)")
-    p.add_argument("--dataset", choices=["cifar10", "cifar100", "digits"], default="cifar10")
+    p.add_argument("--dataset", choices=["cifar10", "cifar100", "digits"],
+                   help="default: the dataset the checkpoint was trained on (its config), else cifar10")
     p.add_argument("--split", choices=["test", "val"], default="test",
                    help="test set, or the held-out first --n-val training images")
     p.add_argument("--n-val", type=int, default=1024, help="size of the held-out split (1024)")

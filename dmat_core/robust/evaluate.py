@@ -16,8 +16,8 @@ import torch
 
 from ..common.checkpoint import load_checkpoint
 from ..common.train_utils import strip_batchnorm
-from .classifiers import build_classifier, load_published_checkpoint
 from ..images.datasets import dataset_info
+from .classifiers import build_classifier, load_published_checkpoint
 from .train import CHECKPOINT_FORMAT, WEIGHTS_FORMAT
 
 __all__ = ["ATTACKS", "load_trained_classifier", "evaluate"]
@@ -65,7 +65,8 @@ def load_trained_classifier(path, arch: Optional[str] = None, *, arch_kw: Option
         kind = WEIGHTS_FORMAT if cfg.get("arch") else "published"
     else:
         kind = "state_dict"
-    info = {"arch": getattr(model, "arch", name), "weights": weights, "step": ck.get("step"), "format": kind}
+    info = {"arch": getattr(model, "arch", name), "weights": weights, "step": ck.get("step"), "format": kind,
+            "dataset": cfg.get("dataset")}
     return model.eval(), info
 
 
