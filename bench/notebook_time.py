@@ -3,6 +3,7 @@
     .venv/bin/python bench/notebook_time.py                 # every notebook, its default size here
     .venv/bin/python bench/notebook_time.py 03 04           # some of them
     .venv/bin/python bench/notebook_time.py --quick         # the size the tests run (DMAT_QUICK=1)
+    .venv/bin/python bench/notebook_time.py --mode digits 05 06 07 08   # the image notebooks' CPU size
 
 The default size is what `MODE = None` gives on this machine (full for the toy notebooks 01-04,
 quick for 06-08 without a GPU; the notebook prints it and this script records it). Each run is
@@ -38,18 +39,22 @@ def machine() -> str:
     return f"{os.cpu_count()}-core CPU ({platform.machine()})"
 
 
-def run(path: Path, quick: bool, keep: Path | None = None) -> dict:
+def run(path: Path, quick: bool, keep: Path | None = None, mode: str | None = None) -> dict:
     import nbformat
     from nbclient import NotebookClient
     nb = nbformat.read(path, as_version=4)
     with tempfile.TemporaryDirectory() as tmp:
         env = {"DMAT_DATA": str(Path(tmp) / "data"), "MPLBACKEND": "Agg"}
-        old = {k: os.environ.get(k) for k in (*env, "DMAT_QUICK")}
+        old = {k: os.environ.get(k) for k in (*env, "DMAT_QUICK", "DMAT_MODE")}
         os.environ.update(env)
         if quick:
             os.environ["DMAT_QUICK"] = "1"
         else:
             os.environ.pop("DMAT_QUICK", None)
+        if mode:
+            os.environ["DMAT_MODE"] = mode
+        else:
+            os.environ.pop("DMAT_MODE", None)
         t0 = time.perf_counter()
         try:
             NotebookClient(nb, timeout=None, kernel_name="python3", resources={"metadata": {"path": tmp}}).execute()
@@ -73,7 +78,7 @@ def run(path: Path, quick: bool, keep: Path | None = None) -> dict:
 
 def markdown(rows: list) -> str:
     """One line per notebook: its measured time in each size, on each machine."""
-    sizes = [(size, m) for size in ("quick", "full") for m in sorted({r["machine"] for r in rows})
+    sizes = [(size, m) for size in ("quick", "digits", "full") for m in sorted({r["machine"] for r in rows})
              if any(r["size"] == size and r["machine"] == m for r in rows)]
     by = {(r["notebook"], r["size"], r["machine"]): r for r in rows}
     lines = ["| notebook | " + " | ".join(f"{size} size, {m}" for size, m in sizes) + " |",
@@ -94,6 +99,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("notebooks", nargs="*", help="two-digit numbers (default: all)")
     p.add_argument("--quick", action="store_true", help="the tests' size (DMAT_QUICK=1)")
+    p.add_argument("--mode", choices=["quick", "digits", "full"], help="the size (DMAT_MODE); default: the "
+                   "notebook's own choice on this machine")
     p.add_argument("--keep", type=Path, help="also write the executed notebooks into this folder")
     a = p.parse_args(argv)
     paths = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -104,7 +111,7 @@ def main(argv=None) -> int:
     for path in paths:
         if a.notebooks and path.name[:2] not in a.notebooks:
             continue
-        row = run(path, a.quick, a.keep)
+        row = run(path, a.quick, a.keep, a.mode)
         rows = [r for r in rows if (r["notebook"], r["size"], r["machine"]) != (row["notebook"], row["size"],
                                                                                row["machine"])] + [row]
         ref = next((r for r in rows if r["notebook"] == row["notebook"] and r["size"] == "quick"

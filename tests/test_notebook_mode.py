@@ -118,3 +118,41 @@ def test_parameter_cell_chooses_the_mode(path):
     assert params.index("MODE = None") < call.start() < params.find("QUICK else")
     assert ("full_cost=" in call.group(1)) == (path.name[:2] in GPU_SIZED)
     assert "setup()" not in "\n".join(code), "a second setup() would choose the size again"
+
+
+# ----------------------------------------------------------------------------- the digits size (05-08)
+def test_image_notebooks_default_to_digits_on_a_cpu_and_full_on_a_gpu(env):
+    chosen, message = choose_mode(None, COST, gpu=False, cpu_size="digits")
+    assert chosen == "digits" and "No GPU" in message and COST in message and "MODE = 'quick'" in message
+    assert choose_mode(None, COST, gpu=True, cpu_size="digits") == ("full", "")
+    assert choose_mode("digits", COST, gpu=True, cpu_size="digits") == ("digits", "")
+    assert choose_mode("quick", COST, gpu=False, cpu_size="digits") == ("quick", "")
+
+
+def test_digits_is_refused_where_a_notebook_has_no_such_size(env):
+    with pytest.raises(ValueError, match="'digits'"):
+        choose_mode("digits", COST, gpu=False)
+    with pytest.raises(ValueError, match="cpu_size"):
+        choose_mode(None, COST, gpu=False, cpu_size="huge")
+
+
+def test_dmat_mode_from_the_environment(env):
+    monkeypatch, _ = env
+    monkeypatch.setenv("DMAT_MODE", "digits")
+    assert choose_mode(None, COST, gpu=True, cpu_size="digits") == ("digits", "")
+    chosen, message = choose_mode("full", COST, gpu=True, cpu_size="digits")
+    assert chosen == "digits" and "DMAT_MODE=digits overrides" in message
+    chosen, message = choose_mode(None, None, gpu=False)          # a toy notebook: its own choice, said
+    assert chosen == "full" and "no such size" in message
+    monkeypatch.setenv("DMAT_QUICK", "1")                         # DMAT_QUICK wins over DMAT_MODE
+    assert choose_mode(None, COST, gpu=False, cpu_size="digits")[0] == "quick"
+    monkeypatch.delenv("DMAT_QUICK")
+    monkeypatch.setenv("DMAT_MODE", "huge")
+    with pytest.raises(ValueError, match="DMAT_MODE"):
+        choose_mode(None)
+
+
+def test_setup_size_prints_the_digits_size(env, capsys):
+    size, device = nbmod.setup_size(None, full_cost=COST, cpu_size="digits")
+    out = capsys.readouterr().out
+    assert size == "digits" and device.type == "cpu" and "size: digits | device: cpu" in out

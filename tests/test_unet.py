@@ -16,7 +16,7 @@ from dmat_core.diffusion.edm import CountingDenoiser, edm_sigmas
 from dmat_core.images.unet import (UNET_SIZES, build_image_denoiser, denoiser_arch, image_to_model,
                                    load_image_denoiser, model_to_image, save_image_denoiser)
 
-PARAMS = {"tiny": 49_779, "small": 7_000_899, "large": 57_644_803}
+PARAMS = {"tiny": 49_779, "small": 7_000_899, "large": 57_644_803, "digits": 181_795}
 
 
 def _nonzero_output(D, seed=0):

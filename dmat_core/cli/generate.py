@@ -77,7 +77,7 @@ def _generate_main(a: argparse.Namespace) -> int:
     def outputs_ok(m: dict) -> None:                     # after the settings and the checkpoint, before any image
         if a.filtered:
             check_out_file(a.filtered, flag="--filtered", overwrite=a.overwrite,
-                           size=int(m["n"] * a.keep + 1) * bytes_per_image() + 4096)
+                           size=int(m["n"] * a.keep + 1) * bytes_per_image(m) + 4096)
 
     kw = {"S_churn": a.churn} if a.churn else {}
     summary = generate(a.checkpoint, a.out, a.n, per_class=a.per_class, shard_size=a.shard_size,

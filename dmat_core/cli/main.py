@@ -24,6 +24,7 @@ EPILOG = """examples:
   dmat demo                                    samplers on exact denoisers, exact metrics
   dmat toy sample --dist ring8 --sampler heun --steps 18 --n 20000 --out x.npz --json
   dmat toy likelihood --dist ring8 --denoiser exact --n 2000 --seed 0 --json
+  dmat digits-study --out results/digits      both papers on scikit-learn's digits, on a CPU
 
 settings (train-at, train-dm): defaults < --preset < --config FILE.json < flags < --set key=value,
 strictly typed: a bool is true/false, a number a number; a wrong value is refused in one line
@@ -183,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _extension_hooks():
     """Sub-commands of the later layers (studies, trainers, generation), each registered by the
     module that implements it. Imported here, not at the top, so `dmat --help` stays quick."""
-    from ..studies import at_classifier_study, at_dm_study, gen_data_study
+    from ..studies import at_classifier_study, at_dm_study, digits_study, gen_data_study
     from . import generate as generate_cli
     from . import train_at as train_at_cli
     from . import train_dm as train_dm_cli
@@ -192,7 +193,8 @@ def _extension_hooks():
             lambda sub, tsub: at_classifier_study.add_parser(tsub),
             lambda sub, tsub: gen_data_study.add_parser(tsub),
             lambda sub, tsub: train_dm_cli.add_parser(sub),
-            lambda sub, tsub: generate_cli.add_parser(sub)]
+            lambda sub, tsub: generate_cli.add_parser(sub),
+            lambda sub, tsub: digits_study.add_parser(sub)]
 
 
 def error_line(e: BaseException) -> tuple[int, str]:

@@ -72,7 +72,8 @@ def _add_train(sub) -> None:
 def _eval_main(a: argparse.Namespace) -> int:
     from ..common.checkpoint import atomic_write_text
     from ..common.settings import resolve_device
-    from ..images.data import default_root, load_cifar, split_validation, to_tensor_images
+    from ..images.data import split_validation, to_tensor_images
+    from ..images.datasets import dataset_info, load_images
     from ..robust.evaluate import evaluate, load_trained_classifier
 
     attacks = [s.strip() for s in a.attacks.split(",") if s.strip()]
@@ -92,10 +93,10 @@ def _eval_main(a: argparse.Namespace) -> int:
     check_out_file(a.out, overwrite=a.overwrite, size=1 << 16)
     device = resolve_device(a.device)
     model, info = load_trained_classifier(a.checkpoint, a.arch, arch_kw=arch_kw, weights=a.weights,
-                                          num_classes=100 if a.dataset == "cifar100" else None)
+                                          num_classes=dataset_info(a.dataset).num_classes if a.dataset else None)
     model = model.to(device)
-    root = Path(a.data_dir) if a.data_dir else default_root()
-    images, labels = load_cifar(root, a.dataset, train=a.split == "val")
+    a.dataset = a.dataset or info.get("dataset") or "cifar10"    # default: the dataset the run trained on
+    images, labels = load_images(a.dataset, train=a.split == "val", data_dir=a.data_dir)
     if a.split == "val":
         _, (images, labels) = split_validation(images, labels, a.n_val)
     x, y = to_tensor_images(images[:a.n]), torch.as_tensor(labels[:a.n])
@@ -123,7 +124,8 @@ def _add_eval(sub) -> None:
     p.add_argument("--arch-kw", help="JSON keyword arguments of the architecture, e.g. '{\"width\": 16}'")
     p.add_argument("--weights", choices=["ema", "model"], default="ema", help="EMA (default) or raw weights")
     p.add_argument("--data-dir", help="CIFAR folder or archive (default $DMAT_DATA, else ./data)")
-    p.add_argument("--dataset", choices=["cifar10", "cifar100"], default="cifar10")
+    p.add_argument("--dataset", choices=["cifar10", "cifar100", "digits"],
+                   help="default: the dataset the checkpoint was trained on (its config), else cifar10")
     p.add_argument("--split", choices=["test", "val"], default="test",
                    help="test set, or the held-out first --n-val training images")
     p.add_argument("--n-val", type=int_at_least(1), default=1024, help="size of the held-out split (1024)")

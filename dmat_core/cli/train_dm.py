@@ -40,7 +40,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         __doc__, DM_PRESETS, DM_PRESET_NOTES, "TrainDMConfig", "unet='{\"dropout\": 0.2}'")
     p.add_argument("--out", help="output folder (checkpoint, log, samples); resumes if it holds a checkpoint")
     p.add_argument("--data-dir", help="CIFAR folder or archive (default $DMAT_DATA, else ./data)")
-    p.add_argument("--dataset", choices=["cifar10", "cifar100"])
+    p.add_argument("--dataset", choices=["cifar10", "cifar100", "digits"])
     p.add_argument("--size", choices=list(UNET_SIZES), help="U-Net size")
     p.add_argument("--steps", type=int, help="optimiser steps")
     p.add_argument("--batch-size", "--batch", type=int, dest="batch_size", help="global batch size (all processes)")

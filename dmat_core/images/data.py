@@ -192,16 +192,17 @@ def gather_mixed(indices, real: tuple[np.ndarray, np.ndarray],
 
 def to_tensor_images(images: Union[np.ndarray, torch.Tensor],
                      device: Union[str, torch.device, None] = None) -> torch.Tensor:
-    """uint8 (N, H, W, 3) NHWC -> float32 (N, 3, H, W) in [0, 1] (moved as uint8, then scaled)."""
+    """uint8 (N, H, W, C) NHWC, C = 3 (RGB) or 1 (grey) -> float32 (N, C, H, W) in [0, 1] (moved as
+    uint8, then scaled)."""
     x = torch.as_tensor(np.ascontiguousarray(images)) if isinstance(images, np.ndarray) else images
-    if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[-1] != 3:
-        raise ValueError(f"expected uint8 (N, H, W, 3) images, got {x.dtype} {tuple(x.shape)}")
+    if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[-1] not in (1, 3):
+        raise ValueError(f"expected uint8 (N, H, W, C) images with C = 1 or 3, got {x.dtype} {tuple(x.shape)}")
     x = x.to(device) if device is not None else x
-    return x.permute(0, 3, 1, 2).float().div_(255.0).contiguous()  # (N, 3, H, W)
+    return x.permute(0, 3, 1, 2).float().div_(255.0).contiguous()  # (N, C, H, W)
 
 
 def augment_crop_flip(x: torch.Tensor, generator: Optional[torch.Generator] = None,
-                      padding: int = 4, padding_mode: str = "constant") -> torch.Tensor:
+                      padding: int = 4, padding_mode: str = "constant", flip: bool = True) -> torch.Tensor:
     """Random crop with ``padding`` (zeros by default) and random horizontal flip, batched.
 
     The paper's augmentation (``RandomCrop(32, padding=4)`` + ``RandomHorizontalFlip()``,
@@ -213,6 +214,8 @@ def augment_crop_flip(x: torch.Tensor, generator: Optional[torch.Generator] = No
         x: float (B, C, H, W) batch, on any device.
         generator: ``torch.Generator`` for reproducibility (default: the global RNG).
         padding_mode: ``'constant'`` (zeros), ``'reflect'`` or ``'replicate'``.
+        flip: False keeps every image unflipped (digits); the flips are drawn all the same, so
+            the crops of a seed do not depend on it.
 
     Returns:
         (B, C, H, W), same dtype and device.
@@ -222,11 +225,11 @@ def augment_crop_flip(x: torch.Tensor, generator: Optional[torch.Generator] = No
     n = 2 * padding + 1
     dy = torch.randint(0, n, (B,), generator=generator, device=dev).to(x.device)
     dx = torch.randint(0, n, (B,), generator=generator, device=dev).to(x.device)
-    flip = (torch.rand(B, generator=generator, device=dev) < 0.5).to(x.device)
+    flips = (torch.rand(B, generator=generator, device=dev) < 0.5).to(x.device) & flip
     xp = F.pad(x, (padding,) * 4, mode=padding_mode) if padding else x  # (B, C, H+2p, W+2p)
     rows = dy[:, None] + torch.arange(H, device=x.device)  # (B, H)
     cols = torch.arange(W, device=x.device).expand(B, W)
-    cols = dx[:, None] + torch.where(flip[:, None], W - 1 - cols, cols)  # (B, W)
+    cols = dx[:, None] + torch.where(flips[:, None], W - 1 - cols, cols)  # (B, W)
     b = torch.arange(B, device=x.device)[:, None, None]
     out = xp[b, :, rows[:, :, None], cols[:, None, :]]  # (B, H, W, C)
     return out.permute(0, 3, 1, 2).contiguous()  # (B, C, H, W)

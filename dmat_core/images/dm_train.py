@@ -44,7 +44,7 @@ from ..common.training import NonFiniteLossError, Trainer, check_resumable, chec
 from ..diffusion import samplers
 from ..diffusion.edm import edm_training_sigmas
 from ..diffusion.losses import at_dm_loss
-from .cifar import load_training_set
+from .datasets import dataset_info, load_images
 from .dm_config import TrainDMConfig, make_dm_config
 from .pixels import corrupt_images, image_grid, image_to_model, model_to_image, save_png
 from .unet import DM_CHECKPOINT_FORMAT, build_image_denoiser, denoiser_arch, save_image_denoiser
@@ -98,7 +98,7 @@ class DMTrainer(Trainer):
         x, self.noisy = corrupt_images(x, cfg.noise_p, 2 * cfg.noise_std, gen)  # std 2s in [-1, 1]
         self.checksum = float(x.double().sum())                          # identifies the data on resume
         self.x, self.y = x.to(self.device), torch.as_tensor(labels, dtype=torch.long, device=self.device)
-        self.num_classes = 10 if cfg.dataset == "cifar10" else 100
+        self.num_classes = dataset_info(cfg.dataset).num_classes
         if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < self.num_classes:
             raise ValueError(f"labels must lie in [0, {self.num_classes}) for {cfg.dataset}")
         if x.shape[-1] != x.shape[-2]:
@@ -143,7 +143,7 @@ class DMTrainer(Trainer):
                 raise ValueError(f"data must be uint8 (N, H, W, C) images and N labels, got {images.dtype} "
                                  f"{images.shape} and {labels.shape}")
             return images, labels
-        return load_training_set(self.cfg.data_dir, self.cfg.dataset, self.cfg.make_tiny_data)
+        return load_images(self.cfg.dataset, True, self.cfg.data_dir, self.cfg.make_tiny_data)
 
     # ------------------------------------------------------------------ one step
     def lr(self, t: int) -> float:
@@ -218,7 +218,7 @@ class DMTrainer(Trainer):
         """Write the sample grid of this step to ``samples/step_XXXXXX.png``."""
         g = self.sample_grid()                                           # (rows, cols, H, W, 3)
         path = self._sample_path()
-        save_png(path, image_grid(g.reshape(-1, *g.shape[2:]), nrow=g.shape[1]))
+        save_png(path, image_grid(g.reshape(-1, *g.shape[2:]), nrow=g.shape[1]), scale=max(1, 32 // g.shape[2]))
         return path
 
     # ------------------------------------------------------------------ state

@@ -1,7 +1,8 @@
 """Generated training data in the paper's ``.npz`` format (docs/science.md section 4).
 
 A generated set is an ``.npz`` with ``image``: uint8 (N, 32, 32, 3), NHWC, RGB, and
-``label``: integer (N,), the class each image was conditioned on. The published sets hold
+``label``: integer (N,), the class each image was conditioned on (other datasets keep the same
+layout with their own image shape, e.g. (N, 8, 8, 1) for the grey digits: pass ``shape``). The published sets hold
 1M to 50M images (3 GB to 150 GB), so they are memory-mapped rather than read:
 
 - ``np.load(mmap_mode='r')`` silently reads a whole ``.npz`` into memory (a zip member
@@ -44,13 +45,19 @@ _ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed member timestamps: the same arrays gi
 
 
 def validate_generated(images: np.ndarray, labels: np.ndarray, num_classes: Optional[int] = 10,
-                       where: str = "generated data") -> None:
-    """Check the format: uint8 (N, 32, 32, 3) images, integer (N,) labels in [0, num_classes)."""
+                       where: str = "generated data", shape: Optional[tuple] = IMAGE_SHAPE) -> None:
+    """Check the format: uint8 (N, *shape) images, integer (N,) labels in [0, num_classes).
+
+    ``shape``: the (H, W, C) of the dataset (default CIFAR's (32, 32, 3)); None accepts any
+    NHWC image with 1 (grey) or 3 (RGB) channels."""
     if not isinstance(images, np.ndarray) or images.dtype != np.uint8:
         got = images.dtype if isinstance(images, np.ndarray) else type(images).__name__
         raise ValueError(f"{where}: 'image' must be uint8, got {got}")
-    if images.ndim != 4 or images.shape[1:] != IMAGE_SHAPE:
-        raise ValueError(f"{where}: 'image' must have shape (N, 32, 32, 3) (NHWC), "
+    if shape is not None and (images.ndim != 4 or images.shape[1:] != tuple(shape)):
+        raise ValueError(f"{where}: 'image' must have shape (N, {', '.join(map(str, shape))}) (NHWC), "
+                         f"got {images.shape}")
+    if shape is None and (images.ndim != 4 or images.shape[-1] not in (1, 3)):
+        raise ValueError(f"{where}: 'image' must have shape (N, H, W, C) with C = 1 or 3 (NHWC), "
                          f"got {images.shape}")
     if not isinstance(labels, np.ndarray) or labels.dtype.kind not in "iu":
         got = labels.dtype if isinstance(labels, np.ndarray) else type(labels).__name__
@@ -154,12 +161,14 @@ def _load_dir(path: Path, mmap: bool) -> dict[str, np.ndarray]:
     return {k: np.load(p, mmap_mode="r" if mmap else None, allow_pickle=False) for k, p in files.items()}
 
 
-def _check_arrays(path: Path, arrays: dict, num_classes: Optional[int]) -> None:
+def _check_arrays(path: Path, arrays: dict, num_classes: Optional[int], shape: Optional[tuple] = None) -> None:
+    """The keys, dtypes, lengths and label range of a read set; ``shape`` the (H, W, C) its images
+    must have (None: any valid image shape)."""
     missing = [k for k in ("image", "label") if k not in arrays]
     if missing:
         raise ValueError(f"{path}: missing key(s) {missing}; found {sorted(arrays)} "
                          "(expected 'image' and 'label')")
-    validate_generated(arrays["image"], arrays["label"], num_classes, where=str(path))
+    validate_generated(arrays["image"], arrays["label"], num_classes, where=str(path), shape=shape)
 
 
 def _unpacked(path: Path, cache_dir: Optional[Path], num_classes: Optional[int]) -> Optional[dict]:
@@ -207,7 +216,8 @@ def _load_arrays(path: Path, mmap: bool, cache_dir: Optional[Path],
 
 
 def load_generated(path: PathLike, num_classes: Optional[int] = 10, mmap: bool = True,
-                   cache_dir: Optional[PathLike] = None) -> tuple[np.ndarray, np.ndarray]:
+                   cache_dir: Optional[PathLike] = None,
+                   shape: Optional[tuple] = IMAGE_SHAPE) -> tuple[np.ndarray, np.ndarray]:
     """Load and validate a generated set (``.npz`` or a directory of ``image.npy``/``label.npy``).
 
     Args:
@@ -216,6 +226,7 @@ def load_generated(path: PathLike, num_classes: Optional[int] = 10, mmap: bool =
         mmap: memory-map instead of reading (see the module docstring for how).
         cache_dir: where a compressed ``.npz`` is unpacked for mapping (default: a folder of
             the user's cache, :func:`cache_root`; never beside the input).
+        shape: the (H, W, C) the images must have (None: any, see :func:`validate_generated`).
 
     Returns:
         ``(images, labels)``: uint8 (N, 32, 32, 3) and integer (N,) arrays (read-only
@@ -235,7 +246,7 @@ def load_generated(path: PathLike, num_classes: Optional[int] = 10, mmap: bool =
         raise ValueError(msg if msg.startswith(str(path)) else f"{path}: {msg}") from e
     except (zipfile.BadZipFile, OSError, EOFError) as e:
         raise ValueError(f"{path}: unreadable generated-data file ({type(e).__name__}: {e})") from e
-    _check_arrays(path, arrays, num_classes)
+    _check_arrays(path, arrays, num_classes, shape)
     return arrays["image"], arrays["label"]
 
 
@@ -247,13 +258,15 @@ def _as_numpy(x) -> np.ndarray:
     return x if isinstance(x, np.ndarray) else np.asarray(x)
 
 
-def save_generated(path: PathLike, images, labels, num_classes: Optional[int] = None) -> None:
+def save_generated(path: PathLike, images, labels, num_classes: Optional[int] = None,
+                   shape: Optional[tuple] = IMAGE_SHAPE) -> None:
     """Validate and write a generated set as an uncompressed ``.npz`` (atomic, byte-reproducible).
 
-    ``images`` uint8 (N, 32, 32, 3) NHWC RGB, ``labels`` integer (N,) (numpy or torch).
+    ``images`` uint8 (N, 32, 32, 3) NHWC RGB (or the ``shape`` given; None: any), ``labels``
+    integer (N,) (numpy or torch).
     """
     images, labels = _as_numpy(images), _as_numpy(labels)
-    validate_generated(images, labels, num_classes, where=f"save_generated({path})")
+    validate_generated(images, labels, num_classes, where=f"save_generated({path})", shape=shape)
     with atomic_open(path, "wb") as f, \
             zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
         for key, a in (("image", images), ("label", labels)):
@@ -272,15 +285,19 @@ def _write_npy_member(zf: zipfile.ZipFile, key: str, shape: tuple, dtype: np.dty
 
 
 def merge_generated(paths: Sequence[PathLike], out: PathLike,
-                    num_classes: Optional[int] = 10) -> tuple[int, ...]:
+                    num_classes: Optional[int] = 10, shape: Optional[tuple] = IMAGE_SHAPE) -> tuple[int, ...]:
     """Concatenate generated sets (each validated first) into one uncompressed ``.npz``.
 
     Arrays are streamed chunk by chunk from memory maps, so sets larger than memory merge.
+    ``shape``: the (H, W, C) every input must have (None: any, but the same in all).
     Returns the number of images taken from each input.
     """
     if not paths:
         raise ValueError("merge_generated: no input files")
-    sets = [load_generated(p, num_classes=num_classes, mmap=True) for p in paths]
+    sets = [load_generated(p, num_classes=num_classes, mmap=True, shape=shape) for p in paths]
+    shapes = sorted({tuple(x.shape[1:]) for x, _ in sets})
+    if len(shapes) > 1:
+        raise ValueError(f"merge_generated: the inputs hold images of different shapes {shapes}")
     n = sum(len(y) for _, y in sets)
     label_dtype = np.result_type(*[y.dtype for _, y in sets])
 
@@ -291,6 +308,6 @@ def merge_generated(paths: Sequence[PathLike], out: PathLike,
 
     with atomic_open(out, "wb") as f, \
             zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
-        _write_npy_member(zf, "image", (n, *IMAGE_SHAPE), np.dtype(np.uint8), chunks(0))
+        _write_npy_member(zf, "image", (n, *shapes[0]), np.dtype(np.uint8), chunks(0))
         _write_npy_member(zf, "label", (n,), label_dtype, chunks(1))
     return tuple(len(y) for _, y in sets)

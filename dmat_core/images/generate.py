@@ -73,9 +73,13 @@ _LATENTS, _NOISE = 0, 1  # random streams of a shard
 _SHARD_OVERHEAD = 1024    # bytes of a shard beyond its images and labels (zip and .npy headers)
 
 
-def bytes_per_image() -> int:
-    """Bytes one image takes in a shard or a merged file: 32 x 32 x 3 uint8 and an int64 label."""
-    return int(np.prod(IMAGE_SHAPE)) + 8
+def bytes_per_image(manifest: Optional[dict] = None) -> int:
+    """Bytes one image takes in a shard or a merged file: its uint8 pixels (H x W x C of the
+    manifest's model; 32 x 32 x 3 without one) and an int64 label."""
+    arch = (manifest or {}).get("arch") or {}
+    res, ch = arch.get("img_resolution"), arch.get("in_channels")
+    shape = (res, res, ch) if isinstance(res, int) and isinstance(ch, int) else IMAGE_SHAPE
+    return int(np.prod(shape)) + 8
 
 
 class GenerateSettings(Settings):
@@ -191,8 +195,9 @@ def make_manifest(D, arch: dict, *, n: Optional[int] = None, per_class: Optional
         raise ValueError(f"classes must be distinct labels in [0, {K}) (the model's classes), got {classes}")
     n = st.n if st.per_class is None else st.per_class * len(classes)
     shape = (arch.get("img_resolution"), arch.get("img_resolution"), arch.get("in_channels"))
-    if shape != IMAGE_SHAPE:
-        raise ValueError(f"the paper's .npz format holds {IMAGE_SHAPE} images; this model makes {shape}")
+    if shape[-1] not in (1, 3):
+        raise ValueError(f"generated sets hold grey (C = 1) or RGB (C = 3) images (the paper's: "
+                         f"{IMAGE_SHAPE}); this model makes {shape}")
     try:                        # binds the arguments only: a generator runs nothing until iterated
         sampler_iter(D, torch.zeros(1), st.sampler, st.steps, **st.sampler_kwargs)
         json.dumps(st.sampler_kwargs)
@@ -373,7 +378,7 @@ def generate_shards(denoiser, out_dir, n: Optional[int] = None, *, per_class: Op
     S, K = m["shard_size"], m["num_classes"]
     mine = list(range(rank, m["num_shards"], world))
     missing = [i for i in mine if not (same and (out / shard_name(i)).is_file())]
-    check_out_dir(out, size=sum(min(m["n"], (i + 1) * S) - i * S for i in missing) * bytes_per_image()
+    check_out_dir(out, size=sum(min(m["n"], (i + 1) * S) - i * S for i in missing) * bytes_per_image(m)
                   + len(missing) * _SHARD_OVERHEAD)
     if check_outputs is not None:
         check_outputs(m)
@@ -406,7 +411,7 @@ def generate_shards(denoiser, out_dir, n: Optional[int] = None, *, per_class: Op
                 i = todo[r]
                 images, labels = make_shard(D, m, i, batch_size, device, bar)
                 pending = out / f".{shard_name(i)}.pending.tmp"
-                save_generated(pending, images, labels, num_classes=K)
+                save_generated(pending, images, labels, num_classes=K, shape=None)
                 record = (shard_name(i), {"sha256": _sha256(pending), "bytes": pending.stat().st_size})
             records = [x for x in _gather(record) if x is not None]
             if rank == 0 and records:                     # the checksum is recorded before the shard appears
@@ -444,8 +449,8 @@ def _is_merge_of(merged: Path, paths: Sequence[Path]) -> bool:
     """Whether `merged` holds as many images as the shards, with the same labels (a finished merge)."""
     from .gendata import load_generated
     try:
-        _, y = load_generated(merged, num_classes=None)
-        labels = np.concatenate([load_generated(p, num_classes=None)[1] for p in paths])
+        _, y = load_generated(merged, num_classes=None, shape=None)
+        labels = np.concatenate([load_generated(p, num_classes=None, shape=None)[1] for p in paths])
     except ValueError:
         return False
     return len(y) == len(labels) and bool((y == labels).all())
@@ -461,7 +466,7 @@ def merge(out_dir, merged, overwrite: bool = False) -> str:
             return "up to date"
         raise FileExistsError(f"{merged} exists and is not the merge of {out_dir}: choose another "
                               "file or pass --overwrite")
-    merge_generated(paths, merged, num_classes=read_manifest(Path(out_dir))["num_classes"])
+    merge_generated(paths, merged, num_classes=read_manifest(Path(out_dir))["num_classes"], shape=None)
     return "merged"
 
 
@@ -486,7 +491,7 @@ def generate(denoiser, out_dir, n: Optional[int] = None, *, merge_to=None,
     def outputs_ok(m: dict) -> None:
         if merge_to is not None:
             check_out_file(merge_to, flag="--merge", overwrite=kwargs.get("overwrite", False),
-                           size=m["n"] * bytes_per_image() + _SHARD_OVERHEAD,
+                           size=m["n"] * bytes_per_image(m) + _SHARD_OVERHEAD,
                            mine=lambda p: _finished_merge(out_dir, p))
         if check_outputs is not None:
             check_outputs(m)

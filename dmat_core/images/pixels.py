@@ -67,8 +67,14 @@ def image_grid(images: np.ndarray, nrow: int | None = None, pad: int = 1) -> np.
     return out
 
 
-def save_png(path, image: np.ndarray) -> None:
-    """Write a uint8 (H, W, 3) image as PNG, atomically."""
+def save_png(path, image: np.ndarray, scale: int = 1) -> None:
+    """Write a uint8 (H, W, 3) or grey (H, W, 1) image as PNG, atomically, each pixel drawn as a
+    ``scale`` x ``scale`` block (so that a grid of 8x8 digits is visible)."""
     import matplotlib.image
+    image = np.asarray(image)
+    if image.ndim == 3 and image.shape[-1] == 1:
+        image = np.repeat(image, 3, axis=-1)                            # grey -> RGB
+    if scale > 1:
+        image = image.repeat(scale, axis=0).repeat(scale, axis=1)
     with atomic_open(path, "wb") as f:
         matplotlib.image.imsave(f, np.ascontiguousarray(image), format="png")

@@ -4,12 +4,21 @@
     report = quality_report(probs, labels)                      # accuracy, confidence, balance
     keep, info = top_fraction_per_class(probs[np.arange(N), labels], labels, 0.2)
     fid = fid_score(images, reference_images)                   # torch-fidelity, or "FID skipped"
+    fd = feature_frechet(classifier, images, real_images)       # Frechet distance in its features
 
 Filtering is the paper's (Wang et al. 2023, docs/science.md section 4): each generated image is scored
 by a standard classifier's softmax probability of the class it was conditioned on, and the top 20%
 per class are kept. FID (Heusel et al. 2017) comes from `torch-fidelity` (the `fid` extra), whose
 Inception weights are fetched once into torch's hub cache; where they are neither cached nor
 reachable (offline machines, CI) :func:`fid_score` says "FID skipped: <reason>" and gives no number.
+
+Where Inception does not fit (8x8 grey digits), :func:`feature_frechet` is the same Frechet distance
+between two Gaussians fitted to features, ``|mu_a - mu_b|^2 + tr(C_a + C_b - 2 (C_a C_b)^(1/2))``, in the
+penultimate layer of a classifier trained on the real data: it is *not* FID (other network, other
+data) and is only comparable between sets measured with the same classifier and the same sizes. Its
+floor is the value between two real sets of the sizes used (not 0): the estimate is biased upwards by
+the finite samples. Lower is better, down to that floor; a generator that copies a few training
+images scores badly (its covariance is wrong), so collapse does not win it.
 """
 from __future__ import annotations
 
@@ -25,7 +34,7 @@ from .data import to_tensor_images
 from .gendata import load_generated, save_generated
 
 __all__ = ["open_generated", "class_probabilities", "class_balance", "quality_report", "top_fraction_per_class",
-           "filter_generated", "fid_score"]
+           "filter_generated", "fid_score", "classifier_features", "frechet_distance", "feature_frechet"]
 
 
 def open_generated(path, num_classes: Optional[int] = 10) -> list:
@@ -34,7 +43,7 @@ def open_generated(path, num_classes: Optional[int] = 10) -> list:
     from .generate import MANIFEST, shard_paths
     path = Path(path)
     paths = shard_paths(path) if path.is_dir() and (path / MANIFEST).is_file() else [path]
-    return [load_generated(p, num_classes=num_classes) for p in paths]
+    return [load_generated(p, num_classes=num_classes, shape=None) for p in paths]
 
 
 @torch.no_grad()
@@ -129,7 +138,7 @@ def filter_generated(parts: Sequence, classifier, out, fraction: float = 0.2, ba
     offsets = np.cumsum([0] + [len(y) for _, y in parts])
     images = np.concatenate([x[keep[(keep >= a) & (keep < b)] - a]
                              for (x, _), a, b in zip(parts, offsets[:-1], offsets[1:])])
-    save_generated(out, images, np.concatenate(labels)[keep], num_classes)
+    save_generated(out, images, np.concatenate(labels)[keep], num_classes, shape=None)
     info["out"] = str(out)
     return info
 
@@ -184,3 +193,45 @@ def fid_score(images, reference, *, weights=None, download: bool = True, device=
         save_cpu_ram=True, verbose=False)
     return {"fid": float(r["frechet_inception_distance"]), "n_generated": len(images),
             "n_reference": len(reference), "library": f"torch-fidelity {torch_fidelity.__version__}"}
+
+
+# ----------------------------------------------------------------------------- Frechet distance in a classifier's features
+@torch.no_grad()
+def classifier_features(model, images, batch_size: int = 512, device=None) -> np.ndarray:
+    """The input of the classifier's last ``nn.Linear`` (its penultimate features) on uint8
+    (N, H, W, C) images, in eval mode: float64 (N, F)."""
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    if not linears:
+        raise ValueError(f"{type(model).__name__} has no nn.Linear layer whose input could serve as features")
+    device = torch.device(device) if device else next(model.parameters()).device
+    feats: list = []
+    hook = linears[-1].register_forward_hook(lambda mod, inp, out: feats.append(inp[0].detach().double().cpu()))
+    was_training = model.training
+    model.eval()
+    try:
+        for s in range(0, len(images), batch_size):
+            model(to_tensor_images(np.array(images[s:s + batch_size]), device))
+    finally:
+        hook.remove()
+        model.train(was_training)
+    return torch.cat(feats).numpy() if feats else np.zeros((0, linears[-1].in_features))
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Frechet distance between Gaussians fitted to feature sets a (N, F) and b (M, F):
+    ``|mu_a - mu_b|^2 + tr(C_a) + tr(C_b) - 2 tr((C_a C_b)^(1/2))`` (unbiased covariances)."""
+    import scipy.linalg
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or len(a) < 2 or len(b) < 2:
+        raise ValueError(f"need two (N, F) feature sets with the same F and N >= 2, got {a.shape} and {b.shape}")
+    ca, cb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    root = scipy.linalg.sqrtm(ca @ cb)
+    root = root.real if np.iscomplexobj(root) else root     # tiny imaginary parts of round-off
+    d = float(((a.mean(0) - b.mean(0)) ** 2).sum() + np.trace(ca) + np.trace(cb) - 2 * np.trace(root))
+    return max(d, 0.0)
+
+
+def feature_frechet(model, images, reference, batch_size: int = 512) -> float:
+    """:func:`frechet_distance` between two uint8 image sets in ``model``'s penultimate features."""
+    return frechet_distance(classifier_features(model, images, batch_size),
+                            classifier_features(model, reference, batch_size))

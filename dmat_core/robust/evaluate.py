@@ -16,6 +16,7 @@ import torch
 
 from ..common.checkpoint import load_checkpoint
 from ..common.train_utils import strip_batchnorm
+from ..images.datasets import dataset_info
 from .classifiers import build_classifier, load_published_checkpoint
 from .train import CHECKPOINT_FORMAT, WEIGHTS_FORMAT
 
@@ -53,7 +54,7 @@ def load_trained_classifier(path, arch: Optional[str] = None, *, arch_kw: Option
     same = arch is None or arch == cfg.get("arch")
     name = arch or cfg["arch"]
     kw = dict(arch_kw if arch_kw is not None else (cfg.get("arch_kw", {}) if same else {}))
-    classes = num_classes or (100 if cfg.get("dataset") == "cifar100" else 10)
+    classes = num_classes or dataset_info(cfg.get("dataset") or "cifar10").num_classes
     model = build_classifier(name, num_classes=classes, **kw)
     if same and cfg.get("batchnorm") is False:
         strip_batchnorm(model)
@@ -64,7 +65,8 @@ def load_trained_classifier(path, arch: Optional[str] = None, *, arch_kw: Option
         kind = WEIGHTS_FORMAT if cfg.get("arch") else "published"
     else:
         kind = "state_dict"
-    info = {"arch": getattr(model, "arch", name), "weights": weights, "step": ck.get("step"), "format": kind}
+    info = {"arch": getattr(model, "arch", name), "weights": weights, "step": ck.get("step"), "format": kind,
+            "dataset": cfg.get("dataset")}
     return model.eval(), info
 
 

@@ -57,7 +57,7 @@ from ..common.train_utils import (EMA, CSVLog, all_reduce_sum, bn_momentum, deri
                                   one_cycle_cosine, param_groups, process_group, strip_batchnorm, unwrap)
 from ..common.training import (NonFiniteLossError, RunMismatchError, Trainer, check_resumable, check_run_folder,
                                prepare_out_dir)
-from ..images.cifar import load_training_set
+from ..images.datasets import dataset_info, load_images
 from ..images.data import (MixedBatchSampler, augment_crop_flip, gather_mixed, load_generated,
                            split_validation, to_tensor_images, validate_generated)
 from .attacks import pgd
@@ -129,7 +129,8 @@ class ATTrainer(Trainer):
         self.out_dir = Path(cfg.out_dir)
 
         # -- data: real training images (first n_val held out), generated images, the sampler
-        self.num_classes = 10 if cfg.dataset == "cifar10" else 100
+        self.data = dataset_info(cfg.dataset)   # image shape, classes, the augmentation that suits it
+        self.num_classes = self.data.num_classes
         x_all, y_all = self._load_real(real)
         (xtr, ytr), (xv, yv) = split_validation(x_all, y_all, cfg.n_val)
         self.train_real = (np.ascontiguousarray(xtr), np.ascontiguousarray(ytr))
@@ -184,15 +185,17 @@ class ATTrainer(Trainer):
     def _load_real(self, real):
         if real is not None:
             images, labels = real
-            validate_generated(images, labels, self.num_classes, where="real training data")
+            validate_generated(images, labels, self.num_classes, where="real training data",
+                               shape=self.data.shape)
             return images, labels
-        return load_training_set(self.cfg.data_dir, self.cfg.dataset, self.cfg.make_tiny_data)
+        return load_images(self.cfg.dataset, True, self.cfg.data_dir, self.cfg.make_tiny_data)
 
     def _load_generated(self, generated):
         if generated is not None:
-            validate_generated(generated[0], generated[1], self.num_classes, where="generated data")
+            validate_generated(generated[0], generated[1], self.num_classes, where="generated data",
+                               shape=self.data.shape)
             return generated
-        return load_generated(self.cfg.generated, num_classes=self.num_classes)
+        return load_generated(self.cfg.generated, num_classes=self.num_classes, shape=self.data.shape)
 
     def _build_model(self) -> nn.Module:
         cfg = self.cfg
@@ -231,7 +234,8 @@ class ATTrainer(Trainer):
         images, labels = gather_mixed(idx, self.train_real, self.generated)
         x = to_tensor_images(images, self.device)  # (B, 3, 32, 32) in [0, 1]
         if self.cfg.augment:  # drawn for the global batch: the same on every rank
-            x = augment_crop_flip(x, generator=torch.Generator().manual_seed(derived_seed(self.cfg.seed, _AUG, t)))
+            x = augment_crop_flip(x, generator=torch.Generator().manual_seed(derived_seed(self.cfg.seed, _AUG, t)),
+                                  padding=self.data.crop_padding, flip=self.data.flip)
         x = x[self.rank::self.world_size]
         y = torch.as_tensor(labels[self.rank::self.world_size], device=self.device)
         return (x.contiguous(memory_format=torch.channels_last) if self.channels_last else x), y

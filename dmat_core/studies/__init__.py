@@ -4,5 +4,6 @@ generated data for adversarial training measured exactly (``at_classifier_setup`
 ``at_classifier_report`` < ``at_classifier_study``) and the same question in any dimension on the
 closed-form Gaussian world, with Gaussian generators and affine diffusion models, and MLP
 diffusion models scored by their exact likelihood where d <= 8 (``gen_data_setup`` <
-``gen_data_report`` < ``gen_data_mlp`` < ``gen_data_study``). Each registers its ``dmat``
-sub-command."""
+``gen_data_report`` < ``gen_data_mlp`` < ``gen_data_study``); both papers on real images on a
+CPU, scikit-learn's digits, with paired seeds (``digits_report`` < ``digits_study``). Each
+registers its ``dmat`` sub-command."""
