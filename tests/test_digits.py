@@ -156,3 +156,16 @@ def test_digits_study_quick_runs_end_to_end(tmp_path):
     sm = run_study(tmp_path, dict(QUICK), workers=1, progress=False)
     assert (tmp_path / "summary.md").is_file() and set(sm["at"]) == {"real", "weak", "good"}
     assert len(sm["at"]["real"]["clean_acc"]) == QUICK["seeds"]
+
+
+def test_the_committed_digits_results_are_of_the_studys_own_settings():
+    """README's digits tables come from results/digits/rows.json: its settings must be the study's
+    FULL settings as the typed layer reads them, so rerunning the command reuses them."""
+    import json
+    from pathlib import Path
+
+    from dmat_core.studies.digits_study import FULL, QUICK, check_settings
+    assert check_settings(FULL) == FULL and check_settings(QUICK) == QUICK
+    rows = Path(__file__).resolve().parents[1] / "results" / "digits" / "rows.json"
+    meta = json.loads(rows.read_text())["meta"]
+    assert check_settings(meta["settings"]) == FULL

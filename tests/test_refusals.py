@@ -85,6 +85,8 @@ def root(tmp_path_factory):
     (r / "atdm_other").mkdir()
     (r / "atdm_other" / "results.json").write_text(json.dumps(
         {"config": study_config("inlier-ring8", True, steps=7), "at": {}, "runs": []}))
+    (r / "digits_other").mkdir()
+    (r / "digits_other" / "rows.json").write_text(json.dumps({"meta": {"settings": {"seeds": 3}}, "rows": []}))
     (r / "at_evil").mkdir()
     torch.save({"format": "dmat-at-train/1", "x": _Evil(r / "PWNED")}, r / "at_evil" / "checkpoint.pt")
     evil_cifar = r / "evil_cifar" / "cifar-10-batches-py"
@@ -279,6 +281,14 @@ CASES = [
     ("gendata-generator", ["toy", "gen-data-study", "--quick", "--generators", "gan", "--out", NEW], 2,
      'generators.0="gan": must be', None),
     ("gendata-d-text", ["toy", "gen-data-study", "--quick", "--d", "two", "--out", NEW], 2, "invalid int value: 'two'", None),
+    ("digits-seeds", ["digits-study", "--quick", "--seeds", "1", "--out", NEW], 2, "argument --seeds: must be an integer >= 2", None),
+    ("digits-workers", ["digits-study", "--quick", "--workers", "0", "--out", NEW], 2, "argument --workers: must be an integer >= 1", None),
+    ("digits-out-is-file", ["digits-study", "--quick", "--out", "{r}/file.txt"], 2, "is a file; a folder is expected", None),
+    ("digits-readonly", ["digits-study", "--quick", "--out", "{r}/readonly/digits"], 2, "cannot write in", "readonly"),
+    ("digits-other-settings", ["digits-study", "--quick", "--out", "{r}/digits_other"], 2,
+     "holds digits-study results of other settings (seeds: 3 there, 2 here", None),
+    ("at-dataset-digits-typo", ["train-at", "--preset", "digits", "--set", "dataset=digit", "--out", NEW], 2,
+     'dataset="digit": dataset must be one of', None),
 ]
 
 
@@ -308,5 +318,5 @@ def test_the_table_covers_every_entry_point_and_fault():
     commands = {c[1][0] if c[1][0] != "toy" else "toy " + c[1][1] for c in CASES}
     assert commands >= {"train-at", "train-dm", "generate", "eval", "gen-filter", "gen-quality", "demo",
                         "toy sample", "toy likelihood", "toy at-dm-study", "toy at-classifier-study",
-                        "toy gen-data-study"}
+                        "toy gen-data-study", "digits-study"}
     assert {c[4] for c in CASES} >= set(FAULTS)
