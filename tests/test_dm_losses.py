@@ -205,10 +205,57 @@ def test_cost_table_matches_the_forward_count():
     assert table["standard"]["relative"] == 1.0 and table["adversarial"]["relative"] == 3.0
 
 
+def test_true_noise_target_by_hand():
+    """One point in 2D, the linear denoiser D(x, sigma) = x / 2 at sigma = 1/2, so eps_th(y) = y:
+    x0 = (1, -2), eps = (0.2, 0.4) give x = (1.1, -1.8); w = (0.1, -0.3) gives x' = (1.15, -1.95).
+    True-noise target eps + w = (0.3, 0.1): residual (0.85, -2.05), mean square 2.4625.
+    The paper's target eps_th(x) + w = (1.2, -2.1): residual (-0.05, 0.15), mean square 0.0125.
+    The EDM weight at sigma_data = 1 is (1/4 + 1) / 1 = 1.25."""
+    D = lambda x, s, labels=None: 0.5 * x
+    x0 = torch.tensor([[1.0, -2.0]], dtype=f64)
+    sigma = torch.tensor([0.5], dtype=f64)
+    noise = torch.tensor([[0.2, 0.4]], dtype=f64)
+    w = torch.tensor([[0.1, -0.3]], dtype=f64)
+    x, eps = _x_eps(D, x0, sigma, noise)
+    assert torch.allclose(x, torch.tensor([[1.1, -1.8]], dtype=f64)) and torch.allclose(eps, x)
+    true = lambda weighting: float(equivariance_loss(D, x, sigma, eps, w, 1.0, weighting, noise=noise))
+    assert true("eps") == pytest.approx(2.4625, rel=1e-12)
+    assert true("edm") == pytest.approx(1.25 * 2.4625, rel=1e-12)
+    assert float(equivariance_loss(D, x, sigma, eps, w, 1.0, "eps")) == pytest.approx(0.0125, rel=1e-10)
+    # the invariance ablation with the true noise: target eps = (0.2, 0.4), residual (0.95, -2.35)
+    inv = float(equivariance_loss(D, x, sigma, eps, w, 1.0, "eps", invariance=True, noise=noise))
+    assert inv == pytest.approx((0.95 ** 2 + 2.35 ** 2) / 2, rel=1e-12)
+
+
+def test_at_dm_loss_passes_the_true_noise_to_the_target():
+    """at_dm_loss with target='true-noise' (random w, drawn from the generator after nothing else:
+    sigma and the noise are given) equals the hand-written term eps_weight * mean (eps_th(x') - eps - w)^2
+    on a small batch, and differs from the paper's target."""
+    net = _tiny_net()
+    x0, sigma, noise = _batch(2, B=5)
+    cfg = ATConfig("random", lam=0.7, target="true-noise", weighting="eps")
+    loss, parts = at_dm_loss(net, x0, cfg, 0.8, sigma, noise, generator=torch.Generator().manual_seed(4))
+    r = cfg.budget(sigma, 0.8)
+    u = torch.rand(x0.shape, generator=torch.Generator().manual_seed(4), dtype=f64)
+    w = (2 * u - 1) * r[:, None]
+    x = x0 + sigma[:, None] * noise
+    xp = x + sigma[:, None] * w
+    with torch.no_grad():
+        eps_p = (xp - net(xp, sigma)) / sigma[:, None]
+        eps_c = (x - net(x, sigma)) / sigma[:, None]
+    want = ((eps_p - noise - w) ** 2).mean(1).mean()
+    assert float(parts["loss_at"]) == pytest.approx(float(want), rel=1e-10)
+    assert float(parts["loss_dsm"]) == pytest.approx(float(((eps_c - noise) ** 2).mean(1).mean()), rel=1e-10)
+    assert float(loss.detach()) == pytest.approx(float(parts["loss_dsm"]) + 0.7 * float(want), rel=1e-10)
+    _, paper = at_dm_loss(net, x0, ATConfig("random", lam=0.7, weighting="eps"), 0.8, sigma, noise,
+                          generator=torch.Generator().manual_seed(4))
+    assert abs(float(paper["loss_at"]) - float(want)) > 1e-3
+
+
 @pytest.mark.parametrize("bad", [dict(variant="trades"), dict(lam=-0.1), dict(lam=float("nan")),
                                  dict(r_max=-1.0), dict(r_min=-0.01), dict(exponent=-2.0),
                                  dict(min_units="pixels"), dict(attack_target="loss"),
-                                 dict(weighting="snr"), dict(fgsm_step=-1.0)])
+                                 dict(weighting="snr"), dict(fgsm_step=-1.0), dict(target="eps")])
 def test_bad_at_config_is_a_clear_error(bad):
     with pytest.raises(ValueError):
         ATConfig(**{"variant": "adversarial", **bad})

@@ -18,6 +18,11 @@ Variants of `w` (the box is `[-r(sigma), r(sigma)]` per coordinate, :func:`at_bu
   `adversarial`  random start, one FGSM step maximising the prediction gap
                  `||eps_th(x + sigma w) - eps_th(x)||^2`, projected back into the box;
   `invariance`   the adversarial `w` with the invariance target (watch it fail).
+The equivariance target is the model's own prediction plus the perturbation, `eps_th(x) + w`
+(the paper); `ATConfig(target="true-noise")` uses the true noise instead, `eps + w`. Since
+`x' = x0 + sigma (eps + w)`, that term is the denoising loss at the perturbed point (the noise
+`eps + w` is known exactly): AT with the true-noise target is denoising with adversarially
+augmented noise, a control for how much of AT's effect the self-referential target carries.
 Both terms carry the same per-sigma weight (`edm` or `eps`, :func:`eps_weight`) and are means
 over coordinates, so lambda means the same in 2 and 3072 dimensions. Notebooks 02-04 teach it.
 """
@@ -33,6 +38,7 @@ from .edm import edm_training_sigmas, expand_sigma
 Tensor = torch.Tensor
 VARIANTS = ("standard", "random", "adversarial", "invariance")
 WEIGHTINGS = ("edm", "eps")
+TARGETS = ("prediction", "true-noise")
 
 
 # ----------------------------------------------------------------------- weights and budget
@@ -93,6 +99,9 @@ class ATConfig:
             'residual' = the AT term itself.
         detach_clean: stop the gradient through eps_th(x) inside the target (?): False lets the
             AT term move both predictions, as the loss is written.
+        target: the equivariance target: 'prediction' = eps_th(x) + w (the paper), 'true-noise'
+            = eps + w with the noise eps that made x (a denoising loss at x + sigma w; no
+            gradient through a prediction, so detach_clean changes nothing there).
         weighting: 'edm' or 'eps' per-sigma weight of both terms (:func:`eps_weight`).
     """
 
@@ -106,6 +115,7 @@ class ATConfig:
     attack_target: str = "gap"
     detach_clean: bool = False
     weighting: str = "edm"
+    target: str = "prediction"
 
     def __post_init__(self):
         if self.variant not in VARIANTS:
@@ -116,6 +126,8 @@ class ATConfig:
             raise ValueError(f"fgsm_step must be >= 0, got {self.fgsm_step}")
         if self.attack_target not in ("gap", "residual"):
             raise ValueError(f"attack_target must be 'gap' or 'residual', got {self.attack_target!r}")
+        if self.target not in TARGETS:
+            raise ValueError(f"unknown AT target {self.target!r}; choose one of {TARGETS}")
         if self.weighting not in WEIGHTINGS:
             raise ValueError(f"unknown weighting {self.weighting!r}; choose one of {WEIGHTINGS}")
         at_budget(1.0, 1.0, self.r_max, self.exponent, self.r_min, self.min_units)  # validates
@@ -179,15 +191,20 @@ def fgsm_perturbation(D, x: Tensor, sigma: Tensor, eps_clean: Tensor, r: Tensor,
 
 def equivariance_loss(D, x: Tensor, sigma: Tensor, eps_clean: Tensor, w: Tensor, sigma_data: float,
                       weighting: str = "edm", invariance: bool = False,
-                      detach_clean: bool = False) -> Tensor:
+                      detach_clean: bool = False, noise: Tensor | None = None) -> Tensor:
     """The AT term  E weight(sigma) ||eps_th(x + sigma w) - (eps_th(x) + w)||^2  (Briglia et al.).
 
     With `invariance=True` the target is eps_th(x) (classifier-style AT, the failing ablation).
-    `detach_clean` stops the gradient through eps_th(x) in the target. Scalar, mean over batch
-    and coordinates (lambda is applied by the caller).
+    `detach_clean` stops the gradient through eps_th(x) in the target. With `noise` (the true
+    noise eps of x = x0 + sigma eps) the target is eps (+ w) instead of the prediction eps_th(x)
+    (``ATConfig(target="true-noise")``). Scalar, mean over batch and coordinates (lambda is
+    applied by the caller).
     """
     x_pert = x + expand_sigma(sigma, x) * w                            # x' = x + sigma w
-    target = eps_clean.detach() if detach_clean else eps_clean
+    if noise is not None:
+        target = noise
+    else:
+        target = eps_clean.detach() if detach_clean else eps_clean
     if not invariance:
         target = target + w
     per_point = ((_eps(D, x_pert, sigma) - target) ** 2).flatten(1).mean(1)
@@ -224,7 +241,8 @@ def at_dm_loss(D, x0: Tensor, config: ATConfig, sigma_data: float, sigma: Tensor
         w = fgsm_perturbation(D, x, sigma, eps_clean, r, config.fgsm_step, target, generator)
     loss_at = equivariance_loss(D, x, sigma, eps_clean, w, sigma_data, config.weighting,
                                 invariance=config.variant == "invariance",
-                                detach_clean=config.detach_clean)
+                                detach_clean=config.detach_clean,
+                                noise=noise if config.target == "true-noise" else None)
     loss = loss_dsm + config.lam * loss_at
     parts.update(loss=loss.detach(), loss_at=loss_at.detach(), r_mean=r.mean().detach())
     return loss, parts
@@ -251,6 +269,6 @@ def cost_table(backward_over_forward: float = 2.0) -> dict:
             for v, c in COST.items()}
 
 
-__all__ = ["ATConfig", "VARIANTS", "at_budget", "eps_weight", "denoising_loss",
+__all__ = ["ATConfig", "VARIANTS", "TARGETS", "at_budget", "eps_weight", "denoising_loss",
            "random_perturbation", "prediction_gap", "fgsm_perturbation", "equivariance_loss",
            "at_dm_loss", "cost_table", "COST"]
