@@ -10,7 +10,7 @@ from dmat_core.diffusion.samplers import latent_noise, run
 from dmat_core.toys.metrics import sample_metrics
 from dmat_core.toys.mixtures import ring8, subspace
 from dmat_core.toys.nets import ToyDenoiserMLP, data_std
-from dmat_core.toys.train import fit_toy, lr_at, make_toy_model, train_toy
+from dmat_core.toys.train import fit_toy, fit_toy_snapshots, lr_at, make_toy_model, train_toy
 
 
 def test_untrained_denoiser_is_c_skip_x_in_any_dimension():
@@ -52,6 +52,28 @@ def test_trainer_is_a_seeded_generator():
     assert runs[0][0] == runs[1][0] and torch.equal(runs[0][1], runs[1][1])
     assert not torch.equal(_params(s["ema"]), _params(s["model"]))
     assert lr_at(0, 100, 1.0, 10) == pytest.approx(0.1) and lr_at(99, 100, 1.0, 10) < 0.06
+
+
+def test_snapshots_are_the_ema_of_the_same_run_at_those_steps():
+    """fit_toy_snapshots keeps, at each chosen step, exactly the EMA weights train_toy has there
+    (same run, same schedule); the last is the final denoiser, and keeping them changes nothing."""
+    x = ring8().sample(256, torch.Generator().manual_seed(0))
+    kw = dict(steps=12, batch=32, seed=7)
+    D, hist, snaps = fit_toy_snapshots(make_toy_model(2, data_std(x), 0), x, ATConfig("standard"), (4, 12), **kw)
+    assert sorted(snaps) == [4, 12]
+    at4 = None
+    for state in train_toy(make_toy_model(2, data_std(x), 0), x, ATConfig("standard"), **kw):
+        if state["step"] == 4:
+            at4 = {k: v.clone() for k, v in state["ema"].state_dict().items()}
+    final = state["ema"].state_dict()
+    assert all(torch.equal(snaps[4][k], at4[k]) for k in at4)
+    assert all(torch.equal(snaps[12][k], final[k]) and torch.equal(D.state_dict()[k], final[k]) for k in final)
+    assert any(not torch.equal(snaps[4][k], final[k]) for k in final)
+    D2, hist2 = fit_toy(make_toy_model(2, data_std(x), 0), x, ATConfig("standard"), **kw)
+    no_time = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]
+    assert all(torch.equal(D2.state_dict()[k], final[k]) for k in final) and no_time(hist2) == no_time(hist)
+    with pytest.raises(ValueError, match="snapshot steps"):
+        fit_toy_snapshots(make_toy_model(2, 1.0), x, None, (13,), **kw)
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(

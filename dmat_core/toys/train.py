@@ -10,7 +10,9 @@ Each step draws a minibatch of the (possibly corrupted) training set, sigma from
 log-normal and the noise, and minimises :func:`~dmat_core.diffusion.losses.at_dm_loss` with Adam
 (linear warm-up, cosine decay), gradient clipping and an EMA of the weights (decay with the
 usual warm-up min(ema, (1 + t)/(10 + t))). Everything random comes from one seeded generator,
-so a run is reproducible and a checkpointed run resumes exactly. Notebooks 02-04 run it.
+so a run is reproducible and a checkpointed run resumes exactly. :func:`fit_toy_snapshots` also
+keeps the EMA weights at chosen steps (the checkpoints early stopping picks from). Notebooks 02-04
+run it.
 """
 from __future__ import annotations
 
@@ -176,7 +178,23 @@ def fit_toy(model: nn.Module, data: Tensor, config: ATConfig | None = None, log_
             **kwargs):
     """Run :func:`train_toy` to the end; returns (EMA denoiser, history): one row every
     `log_every` steps with the loss terms averaged over those steps (and the first step)."""
-    history, acc, state = [], {}, None
+    D, history, _ = fit_toy_snapshots(model, data, config, (), log_every, **kwargs)
+    return D, history
+
+
+def fit_toy_snapshots(model: nn.Module, data: Tensor, config: ATConfig | None = None,
+                      snapshot_steps=(), log_every: int = 50, **kwargs):
+    """:func:`fit_toy` that also keeps the EMA weights after each step of `snapshot_steps` (1-based,
+    at most the run's steps): returns (EMA denoiser, history, {step: state_dict}). A snapshot is a
+    copy of the EMA's weights at that step of *this* run (same learning-rate schedule), the
+    checkpoints early stopping chooses among; copying them costs a few hundred kB each and
+    changes nothing in the run (the final denoiser is the one fit_toy returns). A run resumed from a
+    checkpoint keeps only the snapshots of the steps it ran."""
+    steps = kwargs.get("steps", 3000)
+    want = sorted({int(s) for s in snapshot_steps})
+    if any(s < 1 or s > steps for s in want):
+        raise ValueError(f"snapshot steps must be in [1, {steps}], got {list(snapshot_steps)}")
+    history, acc, state, snaps = [], {}, None, {}
     for state in train_toy(model, data, config, **kwargs):
         for k in ("loss", "loss_dsm", "loss_at", "r_mean"):
             acc.setdefault(k, []).append(state[k])
@@ -185,7 +203,9 @@ def fit_toy(model: nn.Module, data: Tensor, config: ATConfig | None = None, log_
             row.update({k: sum(v) / len(v) for k, v in acc.items()})
             history.append(row)
             acc = {}
-    return state["ema"], history
+        if state["step"] in want:
+            snaps[state["step"]] = {k: v.detach().clone() for k, v in state["ema"].state_dict().items()}
+    return state["ema"], history, snaps
 
 
-__all__ = ["ToyTrainer", "train_toy", "fit_toy", "make_toy_model", "lr_at"]
+__all__ = ["ToyTrainer", "train_toy", "fit_toy", "fit_toy_snapshots", "make_toy_model", "lr_at"]
