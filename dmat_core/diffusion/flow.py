@@ -137,7 +137,7 @@ def denoiser_deviation_attack(D, x: Tensor, sigma: float, budget: float, n_iter:
 def trajectory_attack(D, latents: Tensor, steps: int = 18, attack_step: int = 12,
                       budget: float = 0.5, n_iter: int = 10, restarts: int = 1, seed: int = 0,
                       labels=None, keep_best: bool = False, return_state: bool = False,
-                      **sigma_kw):
+                      sigmas: Tensor | None = None, **sigma_kw):
     """EDM Heun sampling with an attack at one step (Briglia et al., attacks on the trajectory).
 
     Runs `attack_step` Heun steps on `edm_sigmas(steps)`, perturbs the state x_k at sigma_k
@@ -145,10 +145,12 @@ def trajectory_attack(D, latents: Tensor, steps: int = 18, attack_step: int = 12
     maximise the denoiser's deviation (:func:`denoiser_deviation_attack`, random start from a
     CPU generator seeded `seed`), then finishes the sampling from there (Heun restarted at x_k,
     latents x_k / sigma_k). `labels` go to every denoiser call (class-conditional models).
-    `budget=0` gives the unattacked samples. Returns the samples, shaped like `latents`; with
-    `return_state` also {"x_k", "x_k_adv", "sigma_k"} (the state before and after the attack).
+    `budget=0` gives the unattacked samples. `sigmas` (descending, ending with 0) replaces the grid
+    (`steps` and the grid's keywords are then unused). Returns the samples, shaped like `latents`;
+    with `return_state` also {"x_k", "x_k_adv", "sigma_k"} (the state before and after the attack).
     """
-    sigmas = edm_sigmas(steps, **sigma_kw)
+    sigmas = edm_sigmas(steps, **sigma_kw) if sigmas is None else torch.as_tensor(sigmas)
+    steps = len(sigmas) - 1
     if not (0 <= attack_step < steps):
         raise ValueError(f"attack_step must be in [0, {steps - 1}], got {attack_step}")
     x = None

@@ -7,7 +7,10 @@ it, and memorization against fresh true samples.
                               same share for fresh true samples (Briglia et al., memorization);
   :func:`likelihood_gap`      the model's exact log-likelihood (PF-ODE) of held-out true points,
                               a proper score that collapse loses, beside that of its training
-                              points: the gap measures memorization without being fooled by collapse.
+                              points: the gap measures memorization without being fooled by collapse;
+  :func:`mean_log_likelihood`  the mean of either likelihood (PF-ODE, or of the Tweedie-shrinkage
+                              sampler) over given points, and :func:`validation_points`, a draw of
+                              their own for tuning a knob.
 
 Notebook 04 plots them; :mod:`dmat_core.studies.at_dm_study` reports them for every arm.
 """
@@ -19,6 +22,7 @@ import torch
 
 from ..diffusion.flow import jacobian_sq_norm
 from ..diffusion.likelihood import log_likelihood
+from ..diffusion.shrinkage import shrinkage_log_likelihood
 from .mixtures import GaussianMixture
 
 Tensor = torch.Tensor
@@ -87,17 +91,50 @@ def memorization_rate(samples: Tensor, train: Tensor, dist: GaussianMixture | No
     return out
 
 
+def mean_log_likelihood(D, points: Tensor, sigma_min: float = 0.002, shrink_sigma: float = 0.0,
+                        method: str = "auto", n_probe: int = 8, seed: int = 0) -> dict:
+    """The mean exact log-likelihood a model gives `points` (n, d), with its standard error over points.
+
+    `shrink_sigma` = 0: the density of the model's PF-ODE at `sigma_min`
+    (:func:`~dmat_core.diffusion.likelihood.log_likelihood`). `shrink_sigma` > 0: the density of what
+    the Tweedie-shrinkage sampler stopped there returns (:mod:`~dmat_core.diffusion.shrinkage`: the
+    ODE to shrink_sigma and the change of variables of D(., shrink_sigma)); a point whose preimage
+    is not found makes the mean NaN (`failed` counts them). Probes (d > 8) are drawn from a
+    generator seeded 50 000 + `seed`. Returns {"mean", "se", "failed", "values"}.
+    """
+    g = torch.Generator().manual_seed(50_000 + seed)
+    if shrink_sigma > 0:
+        ll = shrinkage_log_likelihood(D, points, shrink_sigma, method=method, n_probe=n_probe,
+                                      generator=g)["log_likelihood"]
+    else:
+        ll = log_likelihood(D, points, sigma_min=sigma_min, method=method, n_probe=n_probe,
+                            generator=g)["log_likelihood"]
+    se = float(ll.std() / math.sqrt(len(ll))) if len(ll) > 1 else math.nan
+    return {"mean": float(ll.mean()), "se": se, "failed": int(ll.isnan().sum()), "values": ll}
+
+
+def validation_points(dist: GaussianMixture, n: int, seed: int = 0) -> Tensor:
+    """`n` fresh points of `dist` for choosing a knob (a generator seeded 60 000 + `seed`): a draw
+    of their own, never the held-out points :func:`likelihood_gap` scores (seeded 40 000 + seed)."""
+    if int(n) != n or n < 2:
+        raise ValueError(f"n must be an integer >= 2, got {n}")
+    return dist.sample(int(n), torch.Generator().manual_seed(60_000 + seed))
+
+
 def likelihood_gap(D, dist: GaussianMixture, train: Tensor, n: int = 1000, seed: int = 0,
-                   sigma_min: float = 0.002, method: str = "auto", n_probe: int = 8) -> dict:
-    """The mean exact log-likelihood (:func:`~dmat_core.diffusion.likelihood.log_likelihood`, density
-    at `sigma_min`) the model gives `n` fresh points of `dist` and up to `n` of its training points.
+                   sigma_min: float = 0.002, method: str = "auto", n_probe: int = 8,
+                   shrink_sigma: float = 0.0) -> dict:
+    """The mean exact log-likelihood (:func:`mean_log_likelihood`, density at `sigma_min`, or of the
+    Tweedie-shrinkage sampler stopped at `shrink_sigma` > 0) the model gives `n` fresh points of
+    `dist` and up to `n` of its training points.
 
     `heldout_ll` is E_p[log q] = -KL(p || q) - H(p) estimated on held-out points: a proper score, so a
     model that shrinks its modes or copies its training set scores lower than the truth
-    (`heldout_ll_exact`, the same points under `dist`). `ll_gap` = `train_ll` - `heldout_ll`: about
-    0 for a model that generalises, large for one that memorised its training points. Each mean has
-    its standard error over points (`*_se`; with Hutchinson's estimate in d > 8 it includes the
-    probes' noise).
+    (`heldout_ll_exact`, the same points under `dist` at `sigma_min`). `ll_gap` = `train_ll` -
+    `heldout_ll`: about 0 for a model that generalises, large for one that memorised its training
+    points. Each mean has its standard error over points (`*_se`; with Hutchinson's estimate in
+    d > 8 it includes the probes' noise); with `shrink_sigma` > 0, `*_failed` counts the points
+    whose preimage was not found (the mean is then NaN).
     """
     if int(n) != n or n < 2:
         raise ValueError(f"n must be an integer >= 2, got {n}")
@@ -106,13 +143,14 @@ def likelihood_gap(D, dist: GaussianMixture, train: Tensor, n: int = 1000, seed:
     train = torch.as_tensor(train)[: int(n)]
     out = {}
     for name, pts in (("heldout_ll", fresh), ("train_ll", train)):
-        ll = log_likelihood(D, pts, sigma_min=sigma_min, method=method, n_probe=n_probe,
-                            generator=torch.Generator().manual_seed(50_000 + seed))["log_likelihood"]
-        out[name] = float(ll.mean())
-        out[f"{name}_se"] = float(ll.std() / math.sqrt(len(ll))) if len(ll) > 1 else math.nan
+        r = mean_log_likelihood(D, pts, sigma_min, shrink_sigma, method, n_probe, seed)
+        out[name], out[f"{name}_se"] = r["mean"], r["se"]
+        if shrink_sigma > 0:
+            out[f"{name}_failed"] = r["failed"]
     out["heldout_ll_exact"] = float(dist.log_prob(fresh.double(), sigma_min).mean())
     out["ll_gap"] = out["train_ll"] - out["heldout_ll"]
     return out
 
 
-__all__ = ["jacobian_frobenius", "memorization_rate", "likelihood_gap"]
+__all__ = ["jacobian_frobenius", "memorization_rate", "likelihood_gap", "mean_log_likelihood",
+           "validation_points"]
