@@ -1,7 +1,6 @@
-"""Tables and figures of the AT-for-DMs study (:mod:`dmat_core.studies.at_dm_study`).
-
-Size: one module of about 370 lines on purpose: the study's tables, figures, cross-setting summary
-and tuning record all read the same results files and share their helpers.
+"""Tables and figures of the AT-for-DMs study (:mod:`dmat_core.studies.at_dm_study`), and the
+record of the runs made while tuning it; the cross-setting summary is
+:mod:`~dmat_core.studies.at_dm_summary` (``python -m dmat_core.studies.at_dm_report summary DIR``).
 
 Imports the study's settings and data from :mod:`~dmat_core.studies.at_dm_setup`, never the
 study itself (the study imports this module).
@@ -15,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .at_dm_setup import ARMS, project_2d, study_config, training_set
+from .at_dm_setup import ARMS, BASELINES, migrate_results, project_2d, study_config, training_set
+from .at_dm_summary import KEY_MEASURES, PROPER, summary_table, verdict_table  # noqa: F401 (re-exported)
 
 # (key, header, format) of the main table, for mixtures of full-rank modes and for subspace data
 COLUMNS_MODES = [("off_mode_mass", "off-mode mass", ".4f"), ("nll_gap", "NLL - H", "+.3f"),
@@ -61,7 +61,7 @@ def markdown_table(results: dict) -> str:
     corr = cfg["corruption"] + {"inlier": f" p={cfg['p']} s={cfg['s']}",
                                 "offplane": f" p={cfg['p']} s={cfg['s']}",
                                 "outlier": f" q={cfg['q']} ({cfg['outlier']})"}.get(cfg["corruption"], "")
-    at = next((a for v, a in results["at"].items() if v != "standard"), None)
+    at = next((a for a in results["at"].values() if a["variant"] != "standard"), None)
     lines = [f"**{cfg['dist']}{cfg['dist_kw'] or ''}**, training set: {cfg['n_train']} points, "
              f"{corr}; {cfg['steps']} steps, batch {cfg['batch']}; {cfg['n_eval']} samples "
              f"(Heun {cfg['sampler_steps']}); mean ± std over {n} seeds; measured against the "
@@ -94,6 +94,17 @@ def markdown_table(results: dict) -> str:
             cells = [f"{s[f'attack{b:g}_{key}']['mean']:.4f} ± {s[f'attack{b:g}_{key}']['std']:.4f}"
                      for b in budgets]
             lines.append(f"| {v} | " + " | ".join(cells) + " |")
+    base = [b for b in BASELINES if b in summ]
+    if base:
+        lines += ["", "Baselines, built on standard training alone (same seeds, data, latents and held-out points):"]
+        for b in base:
+            lines.append(f"- `{b}`: {BASELINES[b]}" + _chosen(results, b))
+    verdict = verdict_table(results)
+    if verdict:
+        lines += ["", "Each AT arm against standard training and every baseline on the proper measures, paired "
+                  "by seed: mean ± standard error of the difference of distances to the right value "
+                  "(negative: the AT arm closer); *beats all*: every difference below 0 beyond 2 standard "
+                  "errors.", "", verdict]
     lines += ["", "Cost per training example: passes of the network (relative: a backward pass counted "
               "as 2 forwards), and ms per step measured interleaved on one thread.",
               "", "| model | forward | backward | relative (counted) | ms/step | relative (measured) |",
@@ -103,6 +114,23 @@ def markdown_table(results: dict) -> str:
             lines.append(f"| {v} | {c['forward']} | {c['backward']} | {c['relative']:.2f} | "
                          f"{c['ms_per_step']:.1f} | {c.get('measured_relative', float('nan')):.2f} |")
     return "\n".join(lines)
+
+
+def _chosen(results: dict, baseline: str) -> str:
+    """What a tuned baseline chose, seed by seed."""
+    picks = [(r["seed"], r.get("baseline", {})) for r in results["runs"] if r["variant"] == baseline]
+    if baseline == "tweedie-shrinkage":
+        chosen = ", ".join(f"{b.get('sigma_s', float('nan')):g}" for _, b in picks)
+        return f"; sigma_s chosen per seed: {chosen}" + (f" (by {_by(picks)})" if picks else "")
+    if baseline == "early-stopping":
+        chosen = ", ".join(str(b.get("step", "?")) for _, b in picks)
+        return f"; step chosen per seed: {chosen} of {results['config']['steps']}" + (f" (by {_by(picks)})" if picks else "")
+    return ""
+
+
+def _by(picks) -> str:
+    rows = picks[0][1].get("tuning") or picks[0][1].get("selection") or [{}]
+    return rows[0].get("select_by", "?")
 
 
 def _save(fig, path: Path):
@@ -152,8 +180,9 @@ def plot_study(results: dict, runs: list[dict], cfg: dict, out: Path) -> None:
         jm = torch.tensor([[row["jac_fro"] for row in r["jacobian"]] for r in rs])
         ax[0, 0].errorbar(sig, jm.mean(0), yerr=jm.std(0) if len(rs) > 1 else None, marker="o",
                           label=v, capsize=2)
-        h = rs[0]["history"]
-        ax[0, 1].plot([s["step"] for s in h], [s["loss_dsm"] for s in h], label=v, lw=1)
+        h = rs[0]["history"]            # none for the ideal standard model (not trained)
+        if h:
+            ax[0, 1].plot([s["step"] for s in h], [s["loss_dsm"] for s in h], label=v, lw=1)
         if attack:
             key = "off_mode_mass" if "off_mode_mass" in rs[0]["attack"][0] else "residual_rms"
             b = [row["budget"] for row in rs[0]["attack"]]
@@ -190,6 +219,7 @@ def tuning_table(records: dict) -> str:
     the preset's defaults and from the default ATConfig, and the key measure of each arm."""
     from ..diffusion.losses import ATConfig
     default_at = ATConfig().as_dict()
+    records = {name: migrate_results(r) for name, r in records.items()}   # arms renamed since
     arms = [a for a in ARMS if any(a in r["summary"] for r in records.values())]
     lines = ["| run | preset | seeds | changed | measure | " + " | ".join(arms) + " |",
              "|---" * (5 + len(arms)) + "|"]
@@ -226,138 +256,6 @@ def record_tuning(run_dirs, out: str | Path) -> str:
     table = tuning_table(records)
     atomic_write_text(out / "table.md", table + "\n")
     return table
-
-
-# (preset, measure key, label, better) of the cross-preset summary
-# (preset, key, label, right value). The right value is "1", "0", or "truth": the value fresh true
-# samples score (a one-sided measure such as the off-mode mass is won by collapse if read as
-# "lower is better"). Every setting is also shown by sliced W2 over its floor, a divergence
-# (1: as close as a second true sample set; collapse and memorization lose), and by the spread
-# (1: modes as wide as the truth; below 1: collapse).
-KEY_MEASURES = [("clean-ring8", "off_mode_mass", "off-mode mass", "truth"),
-                ("inlier-ring8", "nll_gap", "NLL - H", "truth"),
-                ("inlier-ring8", "off_mode_mass", "off-mode mass", "truth"),
-                ("outliers-ring8", "off_mode_mass", "off-mode mass", "truth"),
-                ("plane3d-offplane", "residual_rms", "residual RMS", "0"),
-                ("subspace-inlier", "residual_rms", "residual RMS", "0"),
-                ("memorization", "mem_rate", "memorization rate", "truth"),
-                ("trajectory-attack", "attack_damage", "SW2/floor attacked - unattacked", "0")]
-PROPER = [("heldout_ll", "held-out log-likelihood (PF-ODE)", "exact"), ("sw2_ratio", "SW2 / floor", "low"),
-          ("spread_ratio", "spread", "1")]
-REFERENCES = {"exact denoiser of the training distribution": "ideal: data distribution",
-              "exact denoiser of the training set": "ideal: training set",
-              "training set": "training set"}
-
-
-def _run_values(r: dict, arm: str, key: str) -> dict:
-    """{seed: value} of one measure for one arm (attack_damage derived from the attack rows)."""
-    out = {}
-    for run in r["runs"]:
-        if run["variant"] != arm:
-            continue
-        m = run["metrics"]
-        if key == "attack_damage":
-            budgets = sorted(float(k[6:].split("_")[0]) for k in m if k.startswith("attack") and k.endswith("_sw2_ratio"))
-            if not budgets:
-                continue
-            top = budgets[-1]
-            v = m[f"attack{top:g}_sw2_ratio"] - m["sw2_ratio"]
-        else:
-            v = m.get(key)
-        if v is not None:
-            out[run["seed"]] = float(v)
-    return out
-
-
-def _paired(r: dict, arm: str, base: str, key: str, right: str):
-    """Paired (same seed) difference of |value - right value| between `arm` and `base`: negative
-    means `arm` is closer to the right value. Returns (mean, standard error, n) or None."""
-    a, b = _run_values(r, arm, key), _run_values(r, base, key)
-    seeds = sorted(set(a) & set(b))
-    if len(seeds) < 2:
-        return None
-    target = _target(r, key, right)
-    d = np.array([abs(a[s] - target) - abs(b[s] - target) for s in seeds])
-    return float(d.mean()), float(d.std(ddof=1) / math.sqrt(len(d))), len(d)
-
-
-def _target(r: dict, key: str, right: str) -> float:
-    if right == "truth":
-        return float(r["reference"].get("true samples", {}).get(key, float("nan")))
-    if right == "exact":        # the same held-out points under the true density
-        vals = [run["metrics"]["heldout_ll_exact"] for run in r["runs"] if "heldout_ll_exact" in run["metrics"]]
-        return float(np.mean(vals)) if vals else float("nan")
-    return 0.0 if right == "low" else float(right)
-
-
-def summary_table(root: str | Path) -> str:
-    """Per preset under `root` (one study folder per preset): its key measure beside a divergence
-    (sliced W2 over its floor) and the spread, mean ± std over seeds per arm, the right value of
-    each, the ideal standard models and the data; and, per row, the arm closest to the right value
-    against standard training, paired by seed, called only beyond two standard errors."""
-    import json
-    root = Path(root)
-    studies = {p: json.loads((root / p / "results.json").read_text())
-               for p in dict.fromkeys(k[0] for k in KEY_MEASURES) if (root / p / "results.json").is_file()}
-    arms = list(dict.fromkeys(a for r in studies.values() for a in r["summary"]))
-    refs = [n for n in REFERENCES if any(n in r["reference"] for r in studies.values())]
-    lines = ["| setting | measure | right value | " + " | ".join(arms + [REFERENCES[n] for n in refs])
-             + " | closest to right vs standard (paired) |", "|---" * (4 + len(arms) + len(refs)) + "|"]
-    for preset, rows in _rows_by_preset().items():
-        if preset not in studies:
-            continue
-        r = studies[preset]
-        for key, label, right in rows:
-            if not any(_run_values(r, a, key) for a in arms):
-                continue                    # e.g. no spread for data on a plane or subspace
-            target = _target(r, key, right)
-            cells, closeness = [], {}
-            for a in arms:
-                vals = _run_values(r, a, key)
-                if not vals:
-                    cells.append("")
-                    continue
-                v = np.array(list(vals.values()))
-                cells.append(f"{v.mean():.3f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.3f}")
-                closeness[a] = abs(v.mean() - target)
-            for name in refs:
-                v = r["reference"].get(name, {}).get(key)
-                cells.append("" if v is None else f"{v:.3f}")
-            verdict = ""
-            others = {a: c for a, c in closeness.items() if a != "standard"}
-            if "standard" in closeness and others and math.isfinite(target):
-                best = min(others, key=others.get)
-                p = _paired(r, best, "standard", key, right)
-                if p is not None:
-                    mean, se, n = p
-                    call = ("closer" if mean < 0 else "farther") if abs(mean) > 2 * se else "no difference shown"
-                    verdict = f"{best}: {mean:+.3f} ± {se:.3f} ({call}, {n} seeds)"
-            shown = (f"{target:.3f}" if right in ("truth", "exact") and math.isfinite(target) else
-                     "low (1 = noise floor)" if right == "low" else right)
-            lines.append(f"| {preset} | {label} | {shown} | " + " | ".join(cells) + f" | {verdict} |")
-    n = {r["meta"]["seeds"] for r in studies.values()}
-    lines += ["", f"Mean ± std over {'/'.join(map(str, sorted(n)))} seeds, against the clean "
-              "distribution. *right value*: what fresh true samples score (*truth*), the ideal (1 or 0), or "
-              "*low* for a divergence; a one-sided measure read as \"lower is better\" is won by collapse, so every setting "
-              "also shows SW2 / floor (a divergence: 1 is as close as a second true sample set; collapse "
-              "and memorization lose) and the spread (1 = modes as wide as the truth; below 1 = collapse). "
-              "Last column: the arm whose mean is closest to the right value, against standard training, "
-              "paired by seed (difference of distances to the right value; negative = closer), called only "
-              "beyond 2 standard errors. *ideal*: exact denoisers sampled and measured like the models: of "
-              "the distribution the (corrupted) training set is drawn from (what standard training "
-              "converges to with unlimited data), and of the training set itself (the empirical optimum, "
-              "shown for the 32-point set). Full tables: `results/at_dm/<setting>/table.md`."]
-    return "\n".join(lines)
-
-
-def _rows_by_preset() -> dict:
-    """{preset: [(key, label, right value)]}: its key measures, then SW2 / floor and the spread."""
-    rows = {}
-    for preset, key, label, right in KEY_MEASURES:
-        rows.setdefault(preset, []).append((key, label, right))
-    for preset in rows:
-        rows[preset] += PROPER
-    return rows
 
 
 if __name__ == "__main__":

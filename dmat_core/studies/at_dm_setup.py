@@ -1,8 +1,9 @@
 """Settings and data of the AT-for-DMs study, below both the study and its report.
 
-The sizes, defaults, presets and arms of `dmat toy at-dm-study`, the configuration they merge
-into (:func:`study_config`), the (corrupted) training set of a configuration
-(:func:`training_set`) and the 2D view of samples every figure shows (:func:`project_2d`).
+The sizes, defaults, presets, arms and baselines of `dmat toy at-dm-study`, the configuration they
+merge into (:func:`study_config`), the (corrupted) training set of a configuration
+(:func:`training_set`), the 2D view of samples every figure shows (:func:`project_2d`) and the
+reading of results files written before an arm was renamed (:func:`migrate_results`).
 :mod:`~dmat_core.studies.at_dm_study` trains and measures with them;
 :mod:`~dmat_core.studies.at_dm_report` draws and tabulates with them. Neither imports the
 other's way round: the study imports the report, the report only this module.
@@ -24,13 +25,21 @@ from ..toys.mixtures import make_distribution
 
 # Sizes: `full` is what results/at_dm holds; `quick` is for tests and notebooks (seconds).
 SIZES = {
-    "full": dict(n_train=20_000, steps=3000, batch=256, n_eval=5000, jac_n=256, cost_steps=30, ll_n=1000),
-    "quick": dict(n_train=2000, steps=150, batch=128, n_eval=600, jac_n=64, cost_steps=4, ll_n=64),
+    "full": dict(n_train=20_000, steps=3000, batch=256, n_eval=5000, jac_n=256, cost_steps=30, ll_n=1000,
+                 tune_n=500),
+    "quick": dict(n_train=2000, steps=150, batch=128, n_eval=600, jac_n=64, cost_steps=4, ll_n=64,
+                  tune_n=64),
 }
+# ll_*: held-out likelihood, d <= 8 only. sampler_sigma_min: the last level of the sampler's grid
+# (EDM's 0.002). shrink_sigmas: the grid baseline (a) tunes sigma_s on (0 = the standard sampler);
+# snapshot_fracs: where baseline (b) keeps checkpoints, as fractions of the run (the end is one
+# too); tune_n: the validation points both are chosen on (never the test points).
 DEFAULTS = dict(dist="ring8", dist_kw={}, corruption="clean", p=0.9, s=0.2, q=0.1,
                 outlier="uniform", width=128, depth=3, lr=2e-3, ema=0.999, P_mean=-1.2,
                 P_std=1.2, sampler_steps=18, attack_budgets=None, attack_step=12, attack_iter=10,
-                attack_restarts=3, ll_probe=4)   # ll_*: held-out likelihood, d <= 8 only
+                attack_restarts=3, ll_probe=4, sampler_sigma_min=0.002,
+                shrink_sigmas=[0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3],
+                snapshot_fracs=[0.125, 0.25, 0.5, 0.75])
 # Presets: the settings the issue asks for; each merges over DEFAULTS and a size.
 PRESETS = {
     "clean-ring8": dict(dist="ring8", corruption="clean"),
@@ -45,11 +54,28 @@ PRESETS = {
                               attack_budgets=[0.0, 0.25, 0.5, 1.0, 2.0]),
 }
 # Arms of the study: a label and the ATConfig fields it sets over the shared AT options.
-# `adversarial-residual` runs the FGSM step on the AT residual (the loss it then minimises, as
-# classifier AT does) instead of the paper's prediction gap; see results/at_dm/NOTES.md.
+#   standard, random, adversarial (the paper's FGSM on the prediction gap), invariance (the ablation);
+#   fgsm-at-loss: this project's reading, not an arm of the paper: the FGSM step maximises the AT
+#     loss itself, the residual ||eps(x + sigma w) - eps(x) - w||^2 it then minimises (Madry-style,
+#     as classifier AT does); results files before the rename call it `adversarial-residual`;
+#   adversarial-true-noise: the paper's FGSM, with the true noise eps + w as the equivariance
+#     target instead of eps_th(x) + w (a denoising loss at the perturbed point; docs/science.md 3).
 ARMS = {**{v: {"variant": v} for v in VARIANTS},
-        "adversarial-residual": {"variant": "adversarial", "attack_target": "residual"}}
-DEFAULT_ARMS = ("standard", "random", "adversarial", "adversarial-residual", "invariance")
+        "fgsm-at-loss": {"variant": "adversarial", "attack_target": "residual"},
+        "adversarial-true-noise": {"variant": "adversarial", "target": "true-noise"}}
+LEGACY_ARMS = {"adversarial-residual": "fgsm-at-loss"}
+# Baselines: what a user of standard training could do instead of AT, each reported like an arm
+# and paired with the arms by seed (same data, same latents, same held-out points).
+BASELINES = {
+    "tweedie-shrinkage": "(a) the standard model sampled with the PF-ODE stopped at sigma_s and "
+                         "finished with D(x, sigma_s), sigma_s tuned on validation points",
+    "early-stopping": "(b) the standard model's EMA checkpoint chosen on validation points",
+    "ideal-standard": "(c) the exact denoiser of the corrupted training distribution (what "
+                      "standard training converges to with unlimited data)",
+}
+STANDARD_GROUP = ("standard", "tweedie-shrinkage", "early-stopping")   # one trained model
+DEFAULT_ARMS = ("standard", "random", "adversarial", "fgsm-at-loss", "adversarial-true-noise",
+                "invariance", *BASELINES)
 
 
 class ATDMStudyConfig(Settings):
@@ -82,6 +108,10 @@ class ATDMStudyConfig(Settings):
     jac_n: int = Field(ge=1)
     cost_steps: int = Field(ge=1)
     ll_n: int = Field(ge=1)
+    sampler_sigma_min: float = Field(gt=0.0, lt=80.0)   # the sampler grid's last level
+    shrink_sigmas: List[float]              # baseline (a): sigma_s tuned on these (0 among them)
+    snapshot_fracs: List[float]             # baseline (b): checkpoints at these fractions of the run
+    tune_n: int = Field(ge=2)               # validation points of both
     preset: Optional[Literal[tuple(PRESETS)]]   # type: ignore[valid-type]
     size: Literal["full", "quick"]
 
@@ -89,6 +119,13 @@ class ATDMStudyConfig(Settings):
     def _distribution_builds(self) -> "ATDMStudyConfig":
         if any(b < 0 for b in self.attack_budgets or []):
             raise ValueError(f"attack_budgets must be numbers >= 0, got {self.attack_budgets}")
+        g = self.shrink_sigmas
+        if 0.0 not in g or any(not (0 <= v < 80) for v in g) or len(set(g)) != len(g):
+            raise ValueError(f"shrink_sigmas must be distinct numbers in [0, 80) and hold 0 (the standard "
+                             f"sampler, so the tuned baseline can always fall back to it), got {g}")
+        f = self.snapshot_fracs
+        if not f or any(not (0 < v < 1) for v in f):
+            raise ValueError(f"snapshot_fracs must be fractions in (0, 1) of the run, got {f}")
         try:
             make_distribution(self.dist, **self.dist_kw)
         except (TypeError, ValueError) as e:
@@ -108,6 +145,7 @@ class ATOptions(Settings):
     min_units: Optional[Literal["data", "noise"]] = None
     fgsm_step: Optional[float] = Field(None, ge=0.0)
     attack_target: Optional[Literal["gap", "residual"]] = None
+    target: Optional[Literal["prediction", "true-noise"]] = None
     detach_clean: Optional[bool] = None
     weighting: Optional[Literal["edm", "eps"]] = None
 
@@ -122,7 +160,7 @@ def study_config(preset: str | None = None, quick: bool = False, **overrides) ->
     if preset is not None and preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
     size = "quick" if quick else "full"
-    cfg = {**DEFAULTS, **SIZES[size]}
+    cfg = {**copy.deepcopy(DEFAULTS), **SIZES[size]}
     pre = copy.deepcopy(PRESETS.get(preset, {}))
     sized = {k: pre.pop(k, {}) for k in ("full", "quick")}
     cfg.update(pre, **sized[size])
@@ -143,6 +181,35 @@ def training_set(cfg: dict, seed: int):
     x, mask = corrupt(dist, cfg["n_train"], cfg["corruption"], p=cfg["p"], s=cfg["s"], q=cfg["q"],
                       outlier=cfg["outlier"], generator=g)
     return dist, x, mask
+
+
+def snapshot_steps(cfg: dict) -> list:
+    """The steps early stopping (baseline (b)) keeps checkpoints at: the fractions of the run, and
+    its end, each step once."""
+    return sorted({max(1, round(f * cfg["steps"])) for f in cfg["snapshot_fracs"]} | {cfg["steps"]})
+
+
+def arm_name(label: str) -> str:
+    """An arm's current name (a name from before a rename gives the new one)."""
+    return LEGACY_ARMS.get(label, label)
+
+
+def migrate_results(results: dict) -> dict:
+    """A results dict of the study as this version writes it: arms renamed since it was written
+    (`adversarial-residual` -> `fgsm-at-loss`) under their new names, and every AT setting added
+    since at its default (what the older code did). Returns a new dict; the input is not changed."""
+    from ..diffusion.losses import ATConfig
+    r = copy.deepcopy(results)
+    for part in ("summary", "at", "cost"):
+        if isinstance(r.get(part), dict):
+            r[part] = {arm_name(k): v for k, v in r[part].items()}
+    for k, v in (r.get("at") or {}).items():
+        r["at"][k] = {**ATConfig().as_dict(), **v}
+    for run in r.get("runs", []):
+        run["variant"] = arm_name(run["variant"])
+        if isinstance(run.get("at"), dict):
+            run["at"] = {**ATConfig().as_dict(), **run["at"]}
+    return r
 
 
 def project_2d(x: torch.Tensor, dist):

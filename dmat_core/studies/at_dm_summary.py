@@ -1,0 +1,226 @@
+"""The cross-setting summary of the AT-for-DMs study, and when it may say that AT works.
+
+Every setting is read on its key measure *beside its right value* (what fresh true samples score,
+the ideal 0 or 1, or "low" for a divergence; a one-sided measure read as "lower is better" is won
+by collapse) and on measures collapse cannot win (:data:`PROPER`: the held-out likelihood, a proper
+score; sliced W2 over its noise floor, a divergence; the spread of the modes). Orderings are paired
+by seed (same data, same latents, same held-out points): the difference of distances to the right
+value, called only beyond two standard errors.
+
+**When AT works.** An AT arm "works" on a measure only where it is closer to the right value than
+standard training *and every baseline* of :mod:`~dmat_core.studies.at_dm_baselines` ((a) Tweedie
+shrinkage, (b) early stopping, (c) the ideal standard model), each beyond two paired standard
+errors (:func:`at_verdict`); a setting counts as one where AT works only if it does so on the
+setting's proper score (:func:`deciding_measure`: the held-out likelihood where it is measured,
+else SW2 / floor).
+
+    python -m dmat_core.studies.at_dm_report summary results/at_dm
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from .at_dm_setup import ARMS, BASELINES, migrate_results
+
+# (preset, key, label, right value). The right value is "1", "0", "low" (a divergence), "exact" (the
+# truth's held-out likelihood) or "truth": the value fresh true samples score.
+KEY_MEASURES = [("clean-ring8", "off_mode_mass", "off-mode mass", "truth"),
+                ("inlier-ring8", "nll_gap", "NLL - H", "truth"),
+                ("inlier-ring8", "off_mode_mass", "off-mode mass", "truth"),
+                ("outliers-ring8", "off_mode_mass", "off-mode mass", "truth"),
+                ("plane3d-offplane", "residual_rms", "residual RMS", "0"),
+                ("subspace-inlier", "residual_rms", "residual RMS", "0"),
+                ("memorization", "mem_rate", "memorization rate", "truth"),
+                # under the strongest attack: a divergence (the damage, attacked - unattacked, is
+                # won by a model whose samples are far from the truth with or without the attack)
+                ("trajectory-attack", "attack_sw2", "SW2 / floor under the strongest attack", "low")]
+PROPER = [("heldout_ll", "held-out log-likelihood (PF-ODE)", "exact"), ("sw2_ratio", "SW2 / floor", "low"),
+          ("spread_ratio", "spread", "1")]
+REFERENCES = {"exact denoiser of the training distribution": "ideal: data distribution (seed 0)",
+              "exact denoiser of the training set": "ideal: training set",
+              "training set": "training set"}
+LABELS = {"tweedie-shrinkage": "(a) tweedie-shrinkage", "early-stopping": "(b) early-stopping",
+          "ideal-standard": "(c) ideal-standard"}
+AT_ARMS = tuple(a for a, fields in ARMS.items() if fields["variant"] != "standard")
+
+
+def headline_rows(preset: str) -> list:
+    """[(key, label, right value)] of a setting: its key measures, then the proper ones."""
+    return [(k, label, right) for p, k, label, right in KEY_MEASURES if p == preset] + PROPER
+
+
+def run_values(r: dict, arm: str, key: str) -> dict:
+    """{seed: value} of one measure for one arm (attack_sw2: SW2 / floor at the largest budget;
+    attack_damage: that minus the unattacked one)."""
+    out = {}
+    for run in r["runs"]:
+        if run["variant"] != arm:
+            continue
+        m = run["metrics"]
+        if key in ("attack_sw2", "attack_damage"):
+            budgets = sorted(float(k[6:].split("_")[0]) for k in m if k.startswith("attack") and k.endswith("_sw2_ratio"))
+            if not budgets:
+                continue
+            v = m[f"attack{budgets[-1]:g}_sw2_ratio"] - (m["sw2_ratio"] if key == "attack_damage" else 0.0)
+        else:
+            v = m.get(key)
+        if v is not None:
+            out[run["seed"]] = float(v)
+    return out
+
+
+def target(r: dict, key: str, right: str) -> float:
+    """The right value of a measure in one study (NaN where the study has none)."""
+    if right == "truth":
+        return float(r["reference"].get("true samples", {}).get(key, float("nan")))
+    if right == "exact":        # the same held-out points under the true density
+        vals = [run["metrics"]["heldout_ll_exact"] for run in r["runs"] if "heldout_ll_exact" in run["metrics"]]
+        return float(np.mean(vals)) if vals else float("nan")
+    return 0.0 if right == "low" else float(right)
+
+
+def paired(r: dict, arm: str, base: str, key: str, right: str):
+    """Paired (same seed) difference of |value - right value| between `arm` and `base`: negative
+    means `arm` is closer to the right value. Returns (mean, standard error, n) or None."""
+    a, b = run_values(r, arm, key), run_values(r, base, key)
+    seeds = sorted(set(a) & set(b))
+    if len(seeds) < 2:
+        return None
+    t = target(r, key, right)
+    d = np.array([abs(a[s] - t) - abs(b[s] - t) for s in seeds])
+    return float(d.mean()), float(d.std(ddof=1) / math.sqrt(len(d))), len(d)
+
+
+def _call(mean: float, se: float) -> str:
+    return ("closer" if mean < 0 else "farther") if abs(mean) > 2 * se else "no difference shown"
+
+
+def at_verdict(r: dict, key: str, right: str):
+    """The AT arm closest to the right value on one measure (by its mean), against standard training
+    and every baseline present, paired by seed: (arm, {opponent: (mean, se, n)}, works), where
+    `works` is True only if the arm is closer than every one of them beyond two standard errors.
+    None where the study has no AT arm, no standard arm or no right value."""
+    t = target(r, key, right)
+    closeness = {a: abs(np.mean(list(v.values())) - t) for a in AT_ARMS if (v := run_values(r, a, key))}
+    opponents = [b for b in ("standard", *BASELINES) if run_values(r, b, key)]
+    if not closeness or "standard" not in opponents or not math.isfinite(t):
+        return None
+    best = min(closeness, key=closeness.get)
+    diffs = {b: paired(r, best, b, key, right) for b in opponents}
+    works = all(d is not None and d[0] < 0 and abs(d[0]) > 2 * d[1] for d in diffs.values())
+    return best, diffs, works
+
+
+def deciding_measure(r: dict):
+    """(key, label, right) of the proper score a setting is judged on: the held-out likelihood where
+    the study measured it, else SW2 / floor."""
+    return PROPER[0] if any(run_values(r, a, "heldout_ll") for a in ("standard", *AT_ARMS)) else PROPER[1]
+
+
+def _verdict_cell(v) -> str:
+    if v is None:
+        return ""
+    best, diffs, works = v
+    if works:
+        worst = max(diffs, key=lambda b: diffs[b][0])
+        return f"yes: {best} beats all ({worst} by {diffs[worst][0]:+.3f} ± {diffs[worst][1]:.3f})"
+    lost = [b for b, d in diffs.items() if d is None or not (d[0] < 0 and abs(d[0]) > 2 * d[1])]
+    shown = ", ".join(f"{b} {diffs[b][0]:+.3f} ± {diffs[b][1]:.3f}" if diffs[b] else f"{b} (under 2 seeds)"
+                      for b in lost)
+    return f"no: {best} vs {shown}"
+
+
+def load_studies(root: str | Path, presets) -> dict:
+    """{preset: results} of the study folders `root`/<preset> that hold results (migrated)."""
+    root = Path(root)
+    return {p: migrate_results(json.loads((root / p / "results.json").read_text()))
+            for p in presets if (root / p / "results.json").is_file()}
+
+
+def summary_table(root: str | Path) -> str:
+    """Per preset under `root` (one study folder per preset): its key measures beside the proper
+    ones, mean ± std over seeds per arm and baseline, the right value of each, the reference rows;
+    per row the AT arm closest to the right value against standard training, and whether it beats
+    standard training and every baseline (paired, beyond two standard errors); below the table,
+    the settings where AT works on their proper score and those where it does not."""
+    studies = load_studies(root, dict.fromkeys(k[0] for k in KEY_MEASURES))
+    present = {a for r in studies.values() for a in r["summary"]}
+    arms = [a for a in ("standard", *AT_ARMS, *BASELINES) if a in present]
+    per_seed_ideal = "ideal-standard" in present
+    refs = [n for n in REFERENCES if any(n in r["reference"] for r in studies.values())
+            and not (per_seed_ideal and n == "exact denoiser of the training distribution")]
+    lines = ["| setting | measure | right value | " + " | ".join([LABELS.get(a, a) for a in arms] + [REFERENCES[n] for n in refs])
+             + " | closest AT arm vs standard (paired) | AT beats standard and every baseline? |",
+             "|---" * (5 + len(arms) + len(refs)) + "|"]
+    works, fails = [], []
+    for preset, r in studies.items():
+        for key, label, right in headline_rows(preset):
+            if not any(run_values(r, a, key) for a in arms):
+                continue                    # e.g. no spread for data on a plane or subspace
+            t = target(r, key, right)
+            cells = []
+            for a in arms:
+                v = np.array(list(run_values(r, a, key).values()))
+                cells.append(f"{v.mean():.3f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.3f}" if len(v) else "")
+            for name in refs:
+                v = r["reference"].get(name, {}).get(key)
+                cells.append("" if v is None else f"{v:.3f}")
+            v = at_verdict(r, key, right)
+            vs_standard = ""
+            if v is not None and v[1]["standard"] is not None:
+                mean, se, n = v[1]["standard"]
+                vs_standard = f"{v[0]}: {mean:+.3f} ± {se:.3f} ({_call(mean, se)}, {n} seeds)"
+            shown = (f"{t:.3f}" if right in ("truth", "exact") and math.isfinite(t) else
+                     "low (1 = noise floor)" if right == "low" else right)
+            lines.append(f"| {preset} | {label} | {shown} | " + " | ".join(cells)
+                         + f" | {vs_standard} | {_verdict_cell(v)} |")
+        key, label, right = deciding_measure(r)
+        v = at_verdict(r, key, right)
+        (works if v is not None and v[2] else fails).append(f"{preset} ({label})")
+    n = {r["meta"]["seeds"] for r in studies.values()}
+    lines += ["", f"**AT works** (an AT arm closer to the right value than standard training and every "
+              f"baseline, each beyond 2 paired standard errors, on the setting's proper score) in: "
+              f"{', '.join(works) or 'none'}; **not shown** in: {', '.join(fails) or 'none'}.", "",
+              f"Mean ± std over {'/'.join(map(str, sorted(n)))} seeds, against the clean "
+              "distribution. *right value*: what fresh true samples score (*truth*), the truth's held-out "
+              "likelihood, the ideal (1 or 0), or *low* for a divergence; a one-sided measure read as "
+              "\"lower is better\" is won by collapse, so every setting also shows the held-out likelihood "
+              "(a proper score), SW2 / floor (a divergence: 1 is as close as a second true sample set) and "
+              "the spread (1 = modes as wide as the truth; below 1 = collapse). Baselines, built on standard "
+              "training alone: (a) the standard model sampled with the PF-ODE stopped at a sigma_s tuned on "
+              "validation points and finished with D(x, sigma_s); (b) its EMA checkpoint chosen on "
+              "validation points; (c) the exact denoiser of the corrupted training distribution (what "
+              "standard training converges to with unlimited data), per seed. Paired columns: difference "
+              "of distances to the right value (negative = the AT arm closer), same seeds, called only "
+              "beyond 2 standard errors. `fgsm-at-loss` is this project's reading (FGSM on the AT loss, "
+              "Madry-style), not an arm of the paper. Full tables: `results/at_dm/<setting>/table.md`."]
+    return "\n".join(lines)
+
+
+def verdict_table(r: dict) -> str:
+    """Markdown: on each proper measure of one study, every AT arm against standard training and
+    each baseline, paired by seed (difference of distances to the right value; negative = the AT
+    arm closer), and whether it beats them all beyond two standard errors."""
+    opponents = [b for b in ("standard", *BASELINES) if b in r["summary"]]
+    arms = [a for a in AT_ARMS if a in r["summary"]]
+    if not arms or "standard" not in opponents:
+        return ""
+    lines = ["| measure | AT arm | " + " | ".join(f"vs {LABELS.get(b, b)}" for b in opponents)
+             + " | beats all |", "|---" * (3 + len(opponents)) + "|"]
+    for key, label, right in PROPER:
+        if not run_values(r, "standard", key):
+            continue
+        for a in arms:
+            diffs = [paired(r, a, b, key, right) for b in opponents]
+            cells = [f"{d[0]:+.3f} ± {d[1]:.3f}" if d else "" for d in diffs]
+            beats = all(d is not None and d[0] < 0 and abs(d[0]) > 2 * d[1] for d in diffs)
+            lines.append(f"| {label} | {a} | " + " | ".join(cells) + f" | {'yes' if beats else 'no'} |")
+    return "\n".join(lines)
+
+
+__all__ = ["KEY_MEASURES", "PROPER", "AT_ARMS", "headline_rows", "run_values", "target", "paired",
+           "at_verdict", "deciding_measure", "summary_table", "verdict_table", "load_studies"]

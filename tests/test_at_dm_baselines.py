@@ -1,0 +1,180 @@
+"""The AT-for-DMs study's defences against a hostile reader: a collapsed model loses every headline
+measure; the baselines (Tweedie shrinkage, early stopping, the ideal standard model) are tuned on
+validation data and are the standard model where their knob is off; AT is said to work only where
+it beats all of them; cached models and runs are reused, and a cache file of another kind is refused."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from dmat_core.studies import at_dm_study as study
+from dmat_core.studies.at_dm_baselines import choose_snapshot, ideal_standard, tune_shrinkage
+from dmat_core.studies.at_dm_measure import ExactDenoiser, measure_denoiser
+from dmat_core.studies.at_dm_setup import migrate_results, study_config, training_set
+from dmat_core.studies.at_dm_summary import KEY_MEASURES, at_verdict, headline_rows, run_values, summary_table, target
+from dmat_core.toys.metrics import sample_metrics
+from dmat_core.toys.mixtures import ring8
+from dmat_core.toys.nets import data_std
+from dmat_core.toys.smoothness import memorization_rate
+
+RING8_PRESETS = ("clean-ring8", "inlier-ring8", "outliers-ring8", "memorization", "trajectory-attack")
+
+
+def _measure(preset: str, **kw):
+    """The true model (exact denoiser of ring8) and a collapsed one (exact denoiser of ring8 with
+    mode std 0.02 instead of 0.1), measured like the study's models at a small size, and what fresh
+    true samples score: a results dict the summary's functions read."""
+    cfg = study_config(preset, quick=True, n_eval=1000, ll_n=64, jac_n=16, **kw)
+    dist, x, _ = training_set(cfg, 0)
+    runs = []
+    for name, mixture in (("true", dist), ("collapsed", ring8(std=0.02))):
+        m, _ = measure_denoiser(ExactDenoiser(mixture, data_std(x)), dist, x, cfg, seed=0)
+        runs.append({"seed": 0, "variant": name, "metrics": m})
+    fresh = dist.sample(cfg["n_eval"], torch.Generator().manual_seed(99_000))
+    ref = sample_metrics(dist, fresh, seed=0, mmd=False)
+    ref.update(memorization_rate(fresh, x, dist, seed=0))
+    return {"runs": runs, "reference": {"true samples": ref}}
+
+
+def test_a_collapsed_model_loses_every_headline_measure():
+    """Every measure the summary shows for a ring8 setting, read against its right value as the
+    summary reads it (held-out likelihood: below the truth's; SW2 / floor and its value under the
+    strongest attack: higher; the spread: further from 1; off-mode mass, NLL - H and the
+    memorization rate: further from what fresh true samples score), puts the collapsed model
+    farther from right than the true model."""
+    attack = _measure("trajectory-attack", attack_budgets=[0.0, 2.0], attack_restarts=1, attack_iter=5)
+    memo = _measure("memorization")
+    checked = []
+    for preset in RING8_PRESETS:
+        r = memo if preset == "memorization" else attack
+        for key, label, right in headline_rows(preset):
+            t = target(r, key, right)
+            true, collapsed = run_values(r, "true", key)[0], run_values(r, "collapsed", key)[0]
+            assert np.isfinite(t), (preset, key)
+            assert abs(collapsed - t) > abs(true - t), (preset, label, t, true, collapsed)
+            checked.append(key)
+    assert set(checked) == {k for p, k, _, _ in KEY_MEASURES if p in RING8_PRESETS} | {
+        "heldout_ll", "sw2_ratio", "spread_ratio"}
+    m = {v["variant"]: v["metrics"] for v in attack["runs"]}
+    assert m["collapsed"]["heldout_ll"] < m["true"]["heldout_ll"] - 5          # a proper score: far lower
+    assert m["collapsed"]["spread_ratio"] < 0.3 < 0.9 < m["true"]["spread_ratio"]
+
+
+def _synthetic(tmp_path, at_ll, shrink_ll, n=5):
+    """A clean-ring8 results file: standard, one AT arm and the three baselines, held-out
+    log-likelihoods per seed (the truth's: 0)."""
+    runs = []
+    for seed in range(n):
+        e = 0.01 * (seed - n // 2)
+        for arm, ll in (("standard", -1.0), ("adversarial", at_ll), ("tweedie-shrinkage", shrink_ll),
+                        ("early-stopping", -0.9), ("ideal-standard", -1.1)):
+            runs.append({"seed": seed, "variant": arm, "metrics": {
+                "heldout_ll": ll + e * (1 + (arm == "adversarial")), "heldout_ll_exact": 0.0,
+                "sw2_ratio": 1.2, "spread_ratio": 1.0, "off_mode_mass": 0.02}})
+    results = {"meta": {"seeds": n}, "summary": {r["variant"]: {} for r in runs}, "runs": runs,
+               "reference": {"true samples": {"off_mode_mass": 0.011}}}
+    (tmp_path / "clean-ring8").mkdir(exist_ok=True)
+    (tmp_path / "clean-ring8" / "results.json").write_text(json.dumps(results))
+    return results
+
+
+def test_at_works_only_where_it_beats_every_baseline(tmp_path):
+    r = _synthetic(tmp_path, at_ll=-0.5, shrink_ll=-0.4)        # beats standard, not shrinkage
+    best, diffs, works = at_verdict(r, "heldout_ll", "exact")
+    assert best == "adversarial" and not works
+    assert diffs["standard"][0] == pytest.approx(-0.5) and diffs["tweedie-shrinkage"][0] == pytest.approx(0.1)
+    table = summary_table(tmp_path)
+    row = next(line for line in table.splitlines() if "held-out log-likelihood" in line)
+    assert "(closer, 5 seeds)" in row and "| no: adversarial vs tweedie-shrinkage +0.100" in row
+    assert "**not shown** in: clean-ring8 (held-out log-likelihood (PF-ODE))" in table
+    assert "(a) tweedie-shrinkage" in table.splitlines()[0] and "(c) ideal-standard" in table.splitlines()[0]
+
+    r = _synthetic(tmp_path, at_ll=-0.3, shrink_ll=-0.4)        # beats them all
+    assert at_verdict(r, "heldout_ll", "exact")[2]
+    table = summary_table(tmp_path)
+    assert "**AT works** (" in table and "in: clean-ring8 (held-out log-likelihood (PF-ODE))" in table
+    row = next(line for line in table.splitlines() if "held-out log-likelihood" in line)
+    assert "| yes: adversarial beats all (tweedie-shrinkage by -0.100" in row
+
+
+def test_results_of_before_the_rename_read_as_the_new_arm():
+    old = {"summary": {"adversarial-residual": {"x": 1}}, "at": {"adversarial-residual": {"variant": "adversarial"}},
+           "runs": [{"seed": 0, "variant": "adversarial-residual", "metrics": {}}]}
+    new = migrate_results(old)
+    assert list(new["summary"]) == ["fgsm-at-loss"] and new["runs"][0]["variant"] == "fgsm-at-loss"
+    assert new["at"]["fgsm-at-loss"]["target"] == "prediction"        # the field added since, at its default
+    assert old["runs"][0]["variant"] == "adversarial-residual"          # the input is not changed
+
+
+def test_shrinkage_is_tuned_on_validation_data_and_early_stopping_chooses_the_better_model():
+    """With the exact denoiser of the clean distribution any shrinkage lowers the validation
+    likelihood (a proper score), so sigma_s = 0 is chosen; with the exact denoiser of the 90%-noisy
+    training distribution (modes too wide), shrinking helps and sigma_s > 0 is chosen. Early
+    stopping picks the clean model over the noisy one."""
+    cfg = study_config("inlier-ring8", quick=True, tune_n=48, shrink_sigmas=[0.0, 0.1, 0.2])
+    dist, x, _ = training_set(cfg, 0)
+    clean, noisy = ExactDenoiser(dist, data_std(x)), ExactDenoiser(ideal_standard(dist, cfg), data_std(x))
+    s_clean, rows = tune_shrinkage(clean, dist, cfg, seed=0)
+    assert s_clean == 0.0 and [r["sigma_s"] for r in rows] == [0.0, 0.1, 0.2]
+    assert rows[0]["select_by"] == "validation log-likelihood" and rows[0]["score"] > rows[2]["score"]
+    s_noisy, rows = tune_shrinkage(noisy, dist, cfg, seed=0)
+    assert s_noisy > 0 and max(r["score"] for r in rows) > rows[0]["score"]
+    step, rows = choose_snapshot({10: noisy, 20: clean}, dist, cfg, seed=0)
+    assert step == 20 and len(rows) == 2
+
+
+TINY = dict(quick=True, progress=False, steps=10, n_eval=200, ll_n=16, tune_n=16, jac_n=8, n_train=400,
+            snapshot_fracs=[0.5])
+
+
+def test_baselines_off_are_the_standard_model_and_cached_work_is_reused(tmp_path, monkeypatch):
+    """At sigma_s = 0 the shrinkage baseline is the standard model: the same samples and the same
+    numbers, bit for bit. A second study with another budget floor takes standard training and every
+    baseline from the cache (no model trained, numbers identical); one with another sampler sigma_min
+    trains nothing."""
+    cache = tmp_path / "cache"
+    arms = ("standard", "adversarial", "tweedie-shrinkage", "early-stopping", "ideal-standard")
+    first = study.run_study(tmp_path / "a", "inlier-ring8", seeds=2, variants=arms, shrink_sigmas=[0.0],
+                            cache=cache, **TINY)
+    by = {(r["seed"], r["variant"]): r for r in first["runs"]}
+    views = np.load(tmp_path / "a" / "samples.npz")
+    for s in range(2):
+        std, shr = by[(s, "standard")]["metrics"], by[(s, "tweedie-shrinkage")]["metrics"]
+        same = lambda a, b: json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)   # NaN too
+        assert shr.pop("shrink_sigma") == 0.0 and same(shr, std)
+        assert np.array_equal(views[f"standard_seed{s}"], views[f"tweedie-shrinkage_seed{s}"])
+        assert by[(s, "early-stopping")]["baseline"]["step"] in (5, 10)
+        assert "heldout_ll" in by[(s, "ideal-standard")]["metrics"]
+    assert first["meta"]["computed"] == 10 and first["meta"]["from_cache"] == 0
+    assert len(list((cache / "models").glob("*.pt"))) == 2 * 3          # standard (+ its snapshot), adversarial
+    trained = []
+    real_fit = study.fit_toy_snapshots
+    monkeypatch.setattr(study, "fit_toy_snapshots", lambda *a, **k: trained.append(1) or real_fit(*a, **k))
+    second = study.run_study(tmp_path / "b", "inlier-ring8", seeds=2, variants=arms, shrink_sigmas=[0.0],
+                             cache=cache, at={"r_min": 0.06}, **TINY)
+    assert second["meta"]["from_cache"] == 8 and second["meta"]["computed"] == 2 and len(trained) == 2
+    for a in arms[2:] + ("standard",):
+        assert json.dumps(second["summary"][a]) == json.dumps(first["summary"][a])
+    assert second["at"]["standard"]["r_min"] == 0.06                   # each folder's own options
+    trained.clear()
+    third = study.run_study(tmp_path / "c", "inlier-ring8", seeds=2, variants=arms, shrink_sigmas=[0.0],
+                            cache=cache, sampler_sigma_min=0.02, **TINY)
+    assert not trained and third["meta"]["computed"] == 10
+    assert third["summary"]["standard"]["sw2_ratio"] != first["summary"]["standard"]["sw2_ratio"]
+    assert third["summary"]["standard"]["heldout_ll"] == first["summary"]["standard"]["heldout_ll"]
+
+
+def test_a_cache_file_of_another_kind_is_refused_before_any_work(tmp_path):
+    cfg = study_config("inlier-ring8", **{k: v for k, v in TINY.items() if k not in ("progress",)})
+    from dmat_core.diffusion.losses import ATConfig
+    from dmat_core.studies import at_dm_cache
+    settings = at_dm_cache.model_settings(cfg, 0, ATConfig("standard").as_dict())
+    path = at_dm_cache.model_path(tmp_path / "cache", settings)
+    path.parent.mkdir(parents=True)
+    torch.save({"format": "dmat-at-weights/1", "model_state_dict": {}}, path)
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    with pytest.raises(ValueError, match="not a toy run"):
+        study.run_study(tmp_path / "out", "inlier-ring8", seeds=1, variants=("standard",),
+                        cache=tmp_path / "cache", **TINY)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before and not (tmp_path / "out").exists()
