@@ -29,6 +29,7 @@ from dmat_core.images.unet import build_image_denoiser, save_image_denoiser
 from dmat_core.images.dm_config import make_dm_config
 from dmat_core.robust.classifiers import SmallCNN
 from dmat_core.robust.config import make_config
+from dmat_core.studies.at_dm_cache import model_path, model_settings
 from dmat_core.studies.at_dm_setup import study_config
 
 
@@ -85,6 +86,12 @@ def root(tmp_path_factory):
     (r / "atdm_other").mkdir()
     (r / "atdm_other" / "results.json").write_text(json.dumps(
         {"config": study_config("inlier-ring8", True, steps=7), "at": {}, "runs": []}))
+    # a model cache holding, where the study's (and the quick sweep's first study's) standard model
+    # of seed 0 would be, a classifier checkpoint: a model file of another kind
+    for name, cfg, at in _cache_cases():
+        path = model_path(r / name / "cache", model_settings(cfg, 0, at))
+        path.parent.mkdir(parents=True)
+        shutil.copy(r / "clf.pt", path)
     (r / "digits_other").mkdir()
     (r / "digits_other" / "rows.json").write_text(json.dumps({"meta": {"settings": {"seeds": 3}}, "rows": []}))
     (r / "at_evil").mkdir()
@@ -95,6 +102,17 @@ def root(tmp_path_factory):
     for f in ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch"]:
         (evil_cifar / f).write_bytes(pickle.dumps(_Evil(r / "PWNED")))
     return r
+
+
+def _cache_cases():
+    """(folder, configuration, AT options of the standard arm) of the two bad caches."""
+    from dmat_core.diffusion.losses import ATConfig
+    from dmat_core.studies.at_dm_sweep import settings_grid, sweep_config
+    g = settings_grid(sweep_config(True))[0]["study"]
+    over = {k: v for k, v in g.items() if k not in ("preset", "seeds", "quick", "variants", "at")}
+    return [("atdm_badcache", study_config("inlier-ring8", True), ATConfig("standard").as_dict()),
+            ("sweep_badcache", study_config("inlier-ring8", True, **over),
+             ATConfig(**{**g["at"], "variant": "standard"}).as_dict())]
 
 
 def snapshot(r):
@@ -272,6 +290,34 @@ CASES = [
     ("atdm-out-is-file", ["toy", "at-dm-study", "--quick", "--out", "{r}/file.txt"], 2, "is a file; a folder is expected", None),
     ("atdm-other-config", ["toy", "at-dm-study", "--preset", "inlier-ring8", "--quick", "--out", "{r}/atdm_other"], 2,
      "steps: 7 there, 150 now", None),
+    ("atdm-sampler-sigma-min", ["toy", "at-dm-study", "--quick", "--sampler-sigma-min", "0", "--out", NEW], 2,
+     "sampler_sigma_min=0.0: sampler_sigma_min must be a number in (0, 80)", None),
+    ("atdm-shrink-sigmas", ["toy", "at-dm-study", "--quick", "--shrink-sigmas", "0.1", "--out", NEW], 2,
+     "shrink_sigmas must be distinct numbers in [0, 80) and hold 0", None),
+    ("atdm-n-eval", ["toy", "at-dm-study", "--quick", "--n-eval", "0", "--out", NEW], 2,
+     "n_eval=0: n_eval must be an integer >= 2", None),
+    ("atdm-dist", ["toy", "at-dm-study", "--quick", "--dist", "ring9", "--out", NEW], 2, "invalid choice: 'ring9'", None),
+    ("atdm-target", ["toy", "at-dm-study", "--quick", "--target", "eps", "--out", NEW], 2, "invalid choice: 'eps'", None),
+    ("atdm-ideal-outliers", ["toy", "at-dm-study", "--preset", "outliers-ring8", "--quick", "--variants", "standard",
+                             "ideal-standard", "--out", NEW], 2, "ideal-standard: the training distribution with uniform", None),
+    ("atdm-cache-is-file", ["toy", "at-dm-study", "--quick", "--cache", "{r}/file.txt", "--out", NEW], 2,
+     "--cache {r}/file.txt is a file; a folder is expected", None),
+    ("atdm-cache-model-of-another-kind", ["toy", "at-dm-study", "--preset", "inlier-ring8", "--quick", "--variants",
+                                          "standard", "--cache", "{r}/atdm_badcache/cache", "--out", NEW], 2,
+     "not a toy run (format 'dmat-at-weights/1'", None),
+    ("sweep-dist", ["toy", "at-dm-sweep", "--quick", "--dist", "ring9", "--out", NEW], 2, "invalid choice: 'ring9'", None),
+    ("sweep-seeds", ["toy", "at-dm-sweep", "--quick", "--seeds", "1", "--out", NEW], 2,
+     "argument --seeds: must be an integer >= 2", None),
+    ("sweep-floor", ["toy", "at-dm-sweep", "--quick", "--floors", "-0.1", "0", "--out", NEW], 2,
+     "floors must be distinct numbers >= 0", None),
+    ("sweep-sigma-min", ["toy", "at-dm-sweep", "--quick", "--sigma-mins", "0", "--out", NEW], 2,
+     "sigma_mins must be distinct numbers in (0, 80)", None),
+    ("sweep-no-standard", ["toy", "at-dm-sweep", "--quick", "--variants", "adversarial", "--out", NEW], 2,
+     "variants must include standard", None),
+    ("sweep-out-is-file", ["toy", "at-dm-sweep", "--quick", "--out", "{r}/file.txt"], 2, "is a file; a folder is expected", None),
+    ("sweep-readonly", ["toy", "at-dm-sweep", "--quick", "--out", "{r}/readonly/sweep"], 2, "cannot write in", "readonly"),
+    ("sweep-cache-model-of-another-kind", ["toy", "at-dm-sweep", "--quick", "--out", "{r}/sweep_badcache"], 2,
+     "not a toy run (format 'dmat-at-weights/1'", None),
     ("atclf-eps", ["toy", "at-classifier-study", "--quick", "--eps", "-0.1", "--out", NEW], 2, "eps=-0.1: eps must be a number >= 0", None),
     ("atclf-classes", ["toy", "at-classifier-study", "--quick", "--classes", "3", "--out", NEW], 2,
      "modes must be a multiple of classes=3", None),
@@ -317,6 +363,6 @@ def test_the_table_covers_every_entry_point_and_fault():
     assert len(CASES) >= 60 and len({c[0] for c in CASES}) == len(CASES)
     commands = {c[1][0] if c[1][0] != "toy" else "toy " + c[1][1] for c in CASES}
     assert commands >= {"train-at", "train-dm", "generate", "eval", "gen-filter", "gen-quality", "demo",
-                        "toy sample", "toy likelihood", "toy at-dm-study", "toy at-classifier-study",
+                        "toy sample", "toy likelihood", "toy at-dm-study", "toy at-dm-sweep", "toy at-classifier-study",
                         "toy gen-data-study", "digits-study"}
     assert {c[4] for c in CASES} >= set(FAULTS)

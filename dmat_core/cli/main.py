@@ -184,11 +184,12 @@ def build_parser() -> argparse.ArgumentParser:
 def _extension_hooks():
     """Sub-commands of the later layers (studies, trainers, generation), each registered by the
     module that implements it. Imported here, not at the top, so `dmat --help` stays quick."""
-    from ..studies import at_classifier_study, at_dm_study, digits_study, gen_data_study
+    from ..studies import at_classifier_study, at_dm_study, at_dm_sweep, digits_study, gen_data_study
     from . import generate as generate_cli
     from . import train_at as train_at_cli
     from . import train_dm as train_dm_cli
     return [lambda sub, tsub: at_dm_study.add_parser(tsub),
+            lambda sub, tsub: at_dm_sweep.add_parser(tsub),
             lambda sub, tsub: train_at_cli.add_parser(sub),
             lambda sub, tsub: at_classifier_study.add_parser(tsub),
             lambda sub, tsub: gen_data_study.add_parser(tsub),

@@ -1,0 +1,60 @@
+"""The AT-for-DMs sweep: its grid, its typed settings, and (quick size, trimmed) one run end to end:
+a folder per setting, the standard model and the baselines shared by every floor, the figure and the
+tables; a second run reuses everything."""
+import json
+
+import pytest
+
+from dmat_core.common.settings import SettingsError
+from dmat_core.studies import at_dm_sweep as sweep
+
+
+def test_the_full_grid_is_the_issues():
+    sc = sweep.sweep_config()
+    grid = sweep.settings_grid(sc)
+    assert len(grid) == 5 * 3 * 3 and sc.seeds == 10 and "invariance" not in sc.variants
+    assert {g["floor"] for g in grid} == {0, 0.03, 0.06, 0.125, 0.25}
+    assert {g["s"] for g in grid} == {0, 0.1, 0.2} and {g["sigma_min"] for g in grid} == {2e-2, 2e-3, 2e-4}
+    g = next(g for g in grid if g["floor"] == 0.06 and g["s"] == 0.1 and g["sigma_min"] == 2e-4)
+    assert g["folder"] == "s0.1/smin0.0002/floor0.06"
+    assert g["study"]["at"] == {"r_min": 0.06} and g["study"]["preset"] == "inlier-ring8"
+    assert g["study"]["s"] == 0.1 and g["study"]["sampler_sigma_min"] == 2e-4 and g["study"]["seeds"] == 10
+    assert len({g["folder"] for g in grid}) == len(grid)
+
+
+@pytest.mark.parametrize("bad, msg", [(dict(seeds=1), "seeds=1: seeds must be an integer >= 2"),
+                                      (dict(floors=[-0.1]), "floors must be distinct numbers >= 0"),
+                                      (dict(floors=[]), "floors"),
+                                      (dict(sigma_mins=[0.0]), "sigma_mins must be distinct numbers in (0, 80)"),
+                                      (dict(variants=["adversarial"]), "variants must include standard"),
+                                      (dict(variants=["trades"]), "variants.0"),
+                                      (dict(dist="ring9"), "dist"), (dict(width=3), "unknown setting")])
+def test_bad_settings_are_one_clear_line(bad, msg):
+    with pytest.raises(SettingsError) as e:
+        sweep.sweep_config(**bad)
+    assert msg in str(e.value) and "\n" not in str(e.value)
+
+
+def test_quick_sweep_end_to_end(tmp_path, monkeypatch):
+    monkeypatch.setattr(sweep, "QUICK_STUDY", {**sweep.QUICK_STUDY, "steps": 10, "shrink_sigmas": [0.0, 0.2]})
+    sc = sweep.sweep_config(True, floors=[0.0, 0.25], sigma_mins=[0.002],
+                            variants=["standard", "adversarial", "tweedie-shrinkage", "ideal-standard"])
+    res = sweep.run_sweep(tmp_path, sc, progress=False)
+    for f in ("sweep.json", "sweep.md", "sweep.png", "sweep_sw2.png", "s0.2/smin0.002/floor0/results.json",
+              "s0.2/smin0.002/floor0.25/table.md"):
+        assert (tmp_path / f).is_file(), f
+    rows = json.loads((tmp_path / "sweep.json").read_text())["rows"]
+    assert [r["floor"] for r in rows] == [0.0, 0.25]
+    ll = [r["heldout_ll"]["arms"] for r in rows]
+    assert ll[0]["standard"] == ll[1]["standard"] and ll[0]["tweedie-shrinkage"] == ll[1]["tweedie-shrinkage"]
+    assert ll[0]["adversarial"] != ll[1]["adversarial"]                 # the floor changes AT alone
+    assert all(v[2] == 2 for v in ll[0].values())                       # n seeds
+    assert rows[0]["heldout_ll"]["verdict"]["arm"] == "adversarial"
+    table = (tmp_path / "sweep.md").read_text()
+    assert "| s | sigma_min | floor | right |" in table and "(a) tweedie-shrinkage" in table and "SW2 / floor" in table
+    second = json.loads((tmp_path / "s0.2/smin0.002/floor0.25/results.json").read_text())
+    assert second["meta"]["from_cache"] == 2 * 3 and second["meta"]["computed"] == 2   # only AT trained again
+    again = sweep.run_sweep(tmp_path, sc, progress=False)
+    assert again["rows"] == res["rows"]
+    meta = json.loads((tmp_path / "s0.2/smin0.002/floor0/results.json").read_text())["meta"]
+    assert meta["computed"] == 0 and meta["reused"] == 2 * 4
