@@ -5,8 +5,8 @@ fresh true samples, the training set and the ideal exact denoisers score (:func:
 and the measured cost per training step (:func:`measure_cost`).
 
 Below :mod:`~dmat_core.studies.at_dm_baselines` (which tunes with these measures) and
-:mod:`~dmat_core.studies.at_dm_study` (which runs them over arms and seeds; notebooks 03 and 04
-import them from there).
+:mod:`~dmat_core.studies.at_dm_study` (which runs them over arms and seeds, and from which the
+AT-for-DMs notebooks import them).
 """
 from __future__ import annotations
 

@@ -54,7 +54,9 @@ def _fmt(x, f):
 
 
 def markdown_table(results: dict) -> str:
-    """The study as markdown: main table (mean ± std over seeds), references, attack, cost."""
+    """The study as markdown: main table (mean ± std over seeds), references, baselines, every AT
+    arm against them, attack, cost (a results file of an earlier version is read as this one writes it)."""
+    results = migrate_results(results)
     cfg, summ = results["config"], results["summary"]
     cols = _columns(results)
     n = next(iter(summ.values()))[cols[0][0]]["n"]

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .at_dm_setup import ARMS, BASELINES, migrate_results
+from .at_dm_setup import ARMS, BASELINES, DEFAULT_ARMS, migrate_results
 
 # (preset, key, label, right value). The right value is "1", "0", "low" (a divergence), "exact" (the
 # truth's held-out likelihood) or "truth": the value fresh true samples score.
@@ -45,7 +45,7 @@ REFERENCES = {"exact denoiser of the training distribution": "ideal: data distri
               "training set": "training set"}
 LABELS = {"tweedie-shrinkage": "(a) tweedie-shrinkage", "early-stopping": "(b) early-stopping",
           "ideal-standard": "(c) ideal-standard"}
-AT_ARMS = tuple(a for a, fields in ARMS.items() if fields["variant"] != "standard")
+AT_ARMS = tuple(a for a in DEFAULT_ARMS if a in ARMS and ARMS[a]["variant"] != "standard")
 
 
 def headline_rows(preset: str) -> list:
@@ -99,18 +99,25 @@ def _call(mean: float, se: float) -> str:
     return ("closer" if mean < 0 else "farther") if abs(mean) > 2 * se else "no difference shown"
 
 
+def required_opponents(r: dict) -> tuple:
+    """What an AT arm must beat: standard training and every baseline, but the ideal standard model
+    where it has no closed form (uniform outliers)."""
+    outliers = (r.get("config") or {}).get("corruption") == "outlier"
+    return ("standard", *(b for b in BASELINES if not (outliers and b == "ideal-standard")))
+
+
 def at_verdict(r: dict, key: str, right: str):
     """The AT arm closest to the right value on one measure (by its mean), against standard training
-    and every baseline present, paired by seed: (arm, {opponent: (mean, se, n)}, works), where
-    `works` is True only if the arm is closer than every one of them beyond two standard errors.
-    None where the study has no AT arm, no standard arm or no right value."""
+    and every baseline (:func:`required_opponents`), paired by seed: (arm, {opponent: (mean, se, n)
+    or None where it was not run}, works), where `works` is True only if the arm is closer than every
+    one of them beyond two standard errors (a baseline that was not run is not beaten). None where
+    the study has no AT arm, no standard arm or no right value."""
     t = target(r, key, right)
     closeness = {a: abs(np.mean(list(v.values())) - t) for a in AT_ARMS if (v := run_values(r, a, key))}
-    opponents = [b for b in ("standard", *BASELINES) if run_values(r, b, key)]
-    if not closeness or "standard" not in opponents or not math.isfinite(t):
+    if not closeness or not run_values(r, "standard", key) or not math.isfinite(t):
         return None
     best = min(closeness, key=closeness.get)
-    diffs = {b: paired(r, best, b, key, right) for b in opponents}
+    diffs = {b: paired(r, best, b, key, right) for b in required_opponents(r)}
     works = all(d is not None and d[0] < 0 and abs(d[0]) > 2 * d[1] for d in diffs.values())
     return best, diffs, works
 
@@ -129,7 +136,7 @@ def _verdict_cell(v) -> str:
         worst = max(diffs, key=lambda b: diffs[b][0])
         return f"yes: {best} beats all ({worst} by {diffs[worst][0]:+.3f} ± {diffs[worst][1]:.3f})"
     lost = [b for b, d in diffs.items() if d is None or not (d[0] < 0 and abs(d[0]) > 2 * d[1])]
-    shown = ", ".join(f"{b} {diffs[b][0]:+.3f} ± {diffs[b][1]:.3f}" if diffs[b] else f"{b} (under 2 seeds)"
+    shown = ", ".join(f"{b} {diffs[b][0]:+.3f} ± {diffs[b][1]:.3f}" if diffs[b] else f"{b} (not run)"
                       for b in lost)
     return f"no: {best} vs {shown}"
 
@@ -205,9 +212,9 @@ def verdict_table(r: dict) -> str:
     """Markdown: on each proper measure of one study, every AT arm against standard training and
     each baseline, paired by seed (difference of distances to the right value; negative = the AT
     arm closer), and whether it beats them all beyond two standard errors."""
-    opponents = [b for b in ("standard", *BASELINES) if b in r["summary"]]
+    opponents = list(required_opponents(r))
     arms = [a for a in AT_ARMS if a in r["summary"]]
-    if not arms or "standard" not in opponents:
+    if not arms or "standard" not in r["summary"]:
         return ""
     lines = ["| measure | AT arm | " + " | ".join(f"vs {LABELS.get(b, b)}" for b in opponents)
              + " | beats all |", "|---" * (3 + len(opponents)) + "|"]
@@ -216,11 +223,11 @@ def verdict_table(r: dict) -> str:
             continue
         for a in arms:
             diffs = [paired(r, a, b, key, right) for b in opponents]
-            cells = [f"{d[0]:+.3f} ± {d[1]:.3f}" if d else "" for d in diffs]
+            cells = [f"{d[0]:+.3f} ± {d[1]:.3f}" if d else "n/a" for d in diffs]
             beats = all(d is not None and d[0] < 0 and abs(d[0]) > 2 * d[1] for d in diffs)
             lines.append(f"| {label} | {a} | " + " | ".join(cells) + f" | {'yes' if beats else 'no'} |")
     return "\n".join(lines)
 
 
 __all__ = ["KEY_MEASURES", "PROPER", "AT_ARMS", "headline_rows", "run_values", "target", "paired",
-           "at_verdict", "deciding_measure", "summary_table", "verdict_table", "load_studies"]
+           "required_opponents", "at_verdict", "deciding_measure", "summary_table", "verdict_table", "load_studies"]
