@@ -123,7 +123,11 @@ def _chosen(results: dict, baseline: str) -> str:
     picks = [(r["seed"], r.get("baseline", {})) for r in results["runs"] if r["variant"] == baseline]
     if baseline == "tweedie-shrinkage":
         chosen = ", ".join(f"{b.get('sigma_s', float('nan')):g}" for _, b in picks)
-        return f"; sigma_s chosen per seed: {chosen}" + (f" (by {_by(picks)})" if picks else "")
+        top = max(results["config"]["shrink_sigmas"])
+        edge = sum(b.get("sigma_s") == top for _, b in picks)
+        warn = (f"; **the grid's largest value in {edge} of {len(picks)} seeds: the best sigma_s may lie "
+                "beyond it (extend --shrink-sigmas)**") if edge and top > 0 else ""
+        return f"; sigma_s chosen per seed: {chosen}" + (f" (by {_by(picks)})" if picks else "") + warn
     if baseline == "early-stopping":
         chosen = ", ".join(str(b.get("step", "?")) for _, b in picks)
         return f"; step chosen per seed: {chosen} of {results['config']['steps']}" + (f" (by {_by(picks)})" if picks else "")
