@@ -178,3 +178,16 @@ def test_a_cache_file_of_another_kind_is_refused_before_any_work(tmp_path):
         study.run_study(tmp_path / "out", "inlier-ring8", seeds=1, variants=("standard",),
                         cache=tmp_path / "cache", **TINY)
     assert sorted(p.name for p in tmp_path.rglob("*")) == before and not (tmp_path / "out").exists()
+
+
+def test_the_ideal_standard_model_is_left_out_only_where_it_does_not_exist(tmp_path):
+    """Uniform outliers have no exact denoiser: by default the study runs without that baseline
+    (and the summary does not ask an AT arm to beat it); asked for explicitly, it is refused."""
+    assert study.run_study(tmp_path / "o", "outliers-ring8", quick=True, check_only=True) is None
+    with pytest.raises(ValueError, match="ideal-standard"):
+        study.run_study(tmp_path / "o", "outliers-ring8", quick=True, check_only=True,
+                        variants=("standard", "ideal-standard"))
+    assert not (tmp_path / "o").exists()
+    from dmat_core.studies.at_dm_summary import required_opponents
+    assert "ideal-standard" not in required_opponents({"config": {"corruption": "outlier"}})
+    assert "ideal-standard" in required_opponents({"config": {"corruption": "inlier"}})

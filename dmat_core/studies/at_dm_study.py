@@ -180,13 +180,14 @@ def _check_cache(cache, jobs: list[dict]) -> None:
 
 
 def run_study(out: str | Path, preset: str | None = None, seeds: int = 3, quick: bool = False,
-              variants=DEFAULT_ARMS, at: dict | None = None, workers: int = 1,
+              variants=None, at: dict | None = None, workers: int = 1,
               progress: bool = True, reuse: bool = True, overwrite: bool = False,
               cache: str | Path | None = None, check_only: bool = False, **overrides) -> dict | None:
     """Run a study and write results.json, table.md, samples.npz and figures under `out`.
 
     `variants`: arms of :data:`ARMS` and baselines of :data:`BASELINES` (a name from before a
-    rename is read as the new one). `at` holds ATConfig fields shared by every arm (lam, r_max,
+    rename is read as the new one); None: all of them that apply (no ideal standard model for
+    uniform outliers). `at` holds ATConfig fields shared by every arm (lam, r_max,
     exponent, r_min, target, ...); `overrides` any key of the configuration (dist, corruption, p, s,
     q, steps, n_train, sampler_sigma_min, ...). `workers` > 1 runs that many jobs at once in separate
     processes (one thread each; the numbers do not change). With `reuse`, a (seed, arm) already in
@@ -203,6 +204,8 @@ def run_study(out: str | Path, preset: str | None = None, seeds: int = 3, quick:
         raise ValueError(f"seeds must be an integer >= 1, got {seeds}")
     if isinstance(workers, bool) or int(workers) != workers or workers < 1:
         raise ValueError(f"workers must be an integer >= 1, got {workers}")
+    if variants is None:          # every arm and every baseline that applies
+        variants = [v for v in DEFAULT_ARMS if not (v == "ideal-standard" and cfg["corruption"] == "outlier")]
     variants = tuple(dict.fromkeys(arm_name(v) for v in variants))
     unknown = [v for v in variants if v not in ARMS and v not in BASELINES]
     if unknown:
@@ -305,10 +308,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", type=int_at_least(1), default=3, help="seeds per variant (default: 3)")
     p.add_argument("--quick", action="store_true", help="tiny sizes (also set by DMAT_QUICK=1)")
     p.add_argument("--workers", type=int_at_least(1), default=1, help="jobs run at once (default: 1)")
-    p.add_argument("--variants", nargs="+", default=list(DEFAULT_ARMS),
+    p.add_argument("--variants", nargs="+", default=None,
                    choices=list(ARMS) + list(BASELINES) + list(LEGACY_ARMS), metavar="ARM",
                    help=f"arms and baselines to run, of {', '.join(list(ARMS) + list(BASELINES))} "
-                   "(default: all)")
+                   "(default: all that apply)")
     p.add_argument("--fresh", action="store_true", help="retrain every model even if --out "
                    "already holds it with the same configuration")
     p.add_argument("--overwrite", action="store_true", help="replace a study of another configuration "
@@ -366,7 +369,7 @@ def _main(a: argparse.Namespace) -> int:
     at = {k: getattr(a, k) for k in AT_FLAGS if getattr(a, k) is not None}
     over = {k: getattr(a, k) for k in DATA_FLAGS}
     run_study(a.out, a.preset, a.seeds, a.quick or os.environ.get("DMAT_QUICK") == "1",
-              tuple(a.variants), at, a.workers, reuse=not a.fresh, overwrite=a.overwrite, cache=a.cache, **over)
+              None if a.variants is None else tuple(a.variants), at, a.workers, reuse=not a.fresh, overwrite=a.overwrite, cache=a.cache, **over)
     return 0
 
 
