@@ -75,8 +75,8 @@ def _train(job: dict, dist, x, arm: str, snapshots: bool):
         got = cache_io.load_model(cache, settings)
         snaps = {k: cache_io.load_model(cache, settings, k) for k in steps}
         if got is not None and all(v is not None for v in snaps.values()):
-            D, hist = got
-            secs = hist[-1]["seconds"] if hist else float("nan")
+            D, hist = got        # the training time, from the last logged step (every 50 steps)
+            secs = hist[-1]["seconds"] * cfg["steps"] / hist[-1]["step"] if hist else float("nan")
             return D, hist, secs, {k: v[0] for k, v in snaps.items()}
     t0 = time.perf_counter()
     D, hist, states = fit_toy_snapshots(make(), x, ATConfig(**at), steps, steps=cfg["steps"], batch=cfg["batch"],
