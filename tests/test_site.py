@@ -9,6 +9,8 @@ slider at the value the notebook set and the figure its Output widget captured, 
 and no widget left unrendered. That is what "renders" can mean on a static page: the controls are
 disabled copies (moving the slider needs a kernel; tests/test_browser.py moves it in JupyterLab).
 The only requests that may leave the machine are MathJax (formulas) and the Colab badge image.
+Two more tests check parts of the build without a browser: a widget's saved state written as static
+HTML, and the cache key and the rules for reusing notebooks executed elsewhere (`--from`).
 """
 from __future__ import annotations
 
@@ -146,3 +148,71 @@ def test_a_figure_and_the_widget_page_render(site, browser):
     assert not errors, errors
     _offsite_ok(blocked)
     widget.screenshot(path=str(tmp / "widget.png"))
+
+
+# --------------------------------------------------------------------------- the build's parts, no browser
+def _tools():
+    sys.path.insert(0, str(ROOT / "tools"))
+    import build_site
+    return build_site
+
+
+def _notebook(code: list[str], outputs: list[list] | None = None):
+    nbformat = pytest.importorskip("nbformat")
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell("# t")] + [nbformat.v4.new_code_cell(c) for c in code]
+    for c, outs in zip(nb.cells[1:], outputs or []):
+        c.outputs = [nbformat.from_dict(o) for o in outs]
+    return nb
+
+
+PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
+
+
+def test_widget_state_becomes_static_html():
+    b = _tools()
+    view = {"output_type": "display_data", "metadata": {},
+            "data": {b.WIDGET_VIEW: {"model_id": "box", "version_major": 2, "version_minor": 0},
+                     "text/plain": "VBox(children=(...))"}}
+    nb = _notebook(["viewer()"], [[view]])
+    nb.metadata["widgets"] = {b.WIDGET_STATE: {"version_major": 2, "version_minor": 0, "state": {
+        "box": {"model_name": "VBoxModel", "state": {"children": ["IPY_MODEL_s", "IPY_MODEL_o"]}},
+        "s": {"model_name": "SelectionSliderModel",
+              "state": {"description": "sigma", "_options_labels": ["0.1", "0.5", "1"], "index": 1}},
+        "o": {"model_name": "OutputModel", "state": {"outputs": [
+            {"output_type": "display_data", "metadata": {}, "data": {"image/png": PNG, "text/plain": "<Figure>"}}]}},
+    }}}
+    site = b.site_copy(nb, set())
+    data = site.cells[1].outputs[0]["data"]
+    assert b.WIDGET_VIEW not in data and "widgets" not in site.metadata   # no widget JavaScript needed
+    html = data["text/html"]
+    assert '<span class="dmat-widget-label">sigma</span>' in html
+    assert 'type="range" min="0" max="2" value="1" disabled' in html and ">0.5</output>" in html
+    assert f'src="data:image/png;base64,{PNG}"' in html and "running kernel" in html
+    assert b.WIDGET_VIEW in nb.cells[1].outputs[0]["data"], "site_copy changed the executed notebook"
+
+
+def test_cache_key_and_what_may_be_imported(tmp_path, monkeypatch):
+    b = _tools()
+    import nbformat
+    code = ["from dmat_core.common.notebook import setup\nsetup(None)", "plt.plot([0, 1]); plt.show()"]
+    nb = _notebook(code)
+    assert b.cache_key(nb, {}) != b.cache_key(nb, {"DMAT_QUICK": "1"})
+    assert b.cache_key(nb, {}) != b.cache_key(_notebook(code[:1]), {})
+    assert b.run_env(nb, quick=False) == {} and b.run_env(nb, quick=True) == {"DMAT_QUICK": "1"}
+    assert b.run_env(_notebook(['setup_size(MODE, cpu_size="digits")']), quick=False) == {"DMAT_MODE": "digits"}
+    size = {"output_type": "stream", "name": "stdout", "text": "dmat | size: quick (DMAT_QUICK=1) | device: cpu (x)\n"}
+    figure = {"output_type": "display_data", "metadata": {}, "data": {"image/png": PNG, "text/plain": "<Figure>"}}
+    current, ran = tmp_path / "cur", tmp_path / "ran"
+    current.mkdir(), ran.mkdir()
+    nbformat.write(nb, current / "01_t.ipynb")
+
+    def verdict(notebook, env):
+        nbformat.write(notebook, ran / "01_t.ipynb")
+        return b.imported(current / "01_t.ipynb", ran, env)
+
+    got, why = verdict(_notebook(code, [[size], [figure]]), {"DMAT_QUICK": "1"})
+    assert got is not None and got.cells[2].outputs[0]["data"]["image/png"] == PNG, why
+    assert verdict(_notebook(code, [[size], [figure]]), {})[0] is None            # quick is not the course
+    assert verdict(_notebook(code, [[size], []]), {"DMAT_QUICK": "1"})[0] is None  # Agg: plt.show() drew nothing
+    assert verdict(_notebook([code[0], "plt.show()"], [[size], [figure]]), {"DMAT_QUICK": "1"})[0] is None

@@ -427,7 +427,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("notebooks", nargs="*", help="two-digit numbers (default: all)")
     p.add_argument("--quick", action="store_true", help="quick mode (DMAT_QUICK=1), the tests' size")
-    p.add_argument("--from", dest="source_dir", type=Path,
+    p.add_argument("--from", dest="source_dir", type=Path, metavar="DIR",
                    help="a folder of executed notebooks to reuse (bench/notebook_time.py --keep DIR)")
     p.add_argument("--force", action="store_true", help="execute again even when the cache is current")
     p.add_argument("--out", type=Path, default=SITE, help="the site folder (default: site/)")
