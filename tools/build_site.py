@@ -9,7 +9,7 @@
 Sizes. The course runs each notebook at the largest size a CPU runs in minutes: an image notebook
 (05-08) that has a "digits" size (`setup_size(..., cpu_size="digits")`) runs it (DMAT_MODE=digits);
 every other notebook runs what its `MODE = None` picks on this machine (full for the toy notebooks
-01-04 on a CPU). Each page says the size its notebook printed. `--quick` runs every notebook in quick
+01-04 on a CPU). The index says the size each notebook printed. `--quick` runs every notebook in quick
 mode instead (the tests' size).
 
 Execution. nbclient runs each notebook top to bottom in a scratch folder (data in $DMAT_DATA there),
@@ -32,13 +32,13 @@ docs/course/conf.py), which never executes a notebook itself. The site is writte
 from __future__ import annotations
 
 import argparse
-import base64
 import copy
-import functools
 import datetime
+import functools
 import hashlib
 import html
 import json
+import math
 import os
 import platform
 import re
@@ -274,7 +274,6 @@ def widget_html(model_id: str, models: dict, found: set, depth: int = 0) -> str:
         v, lo, hi, step = (float(s.get(k, d)) for k, d in (("value", 0), ("min", 0), ("max", 100), ("step", 1)))
         shown = v
         if name == "FloatLogSliderModel":                 # min, max and step are exponents of `base`
-            import math
             v = math.log(max(v, 1e-300), float(s.get("base", 10)))
         body = f'<input type="range" min="{lo:g}" max="{hi:g}" step="{step:g}" value="{v:g}" disabled>'
         return _control(label, body, f"{shown:g}")
