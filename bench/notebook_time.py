@@ -44,7 +44,9 @@ def run(path: Path, quick: bool, keep: Path | None = None, mode: str | None = No
     from nbclient import NotebookClient
     nb = nbformat.read(path, as_version=4)
     with tempfile.TemporaryDirectory() as tmp:
-        env = {"DMAT_DATA": str(Path(tmp) / "data"), "MPLBACKEND": "Agg"}
+        # Jupyter's inline backend, as a user runs them: the figures are drawn and encoded (Agg would
+        # skip that), and they are outputs of what --keep writes (tools/build_site.py --from reuses it)
+        env = {"DMAT_DATA": str(Path(tmp) / "data"), "MPLBACKEND": "module://matplotlib_inline.backend_inline"}
         old = {k: os.environ.get(k) for k in (*env, "DMAT_QUICK", "DMAT_MODE")}
         os.environ.update(env)
         if quick:
@@ -103,7 +105,8 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="the tests' size (DMAT_QUICK=1)")
     p.add_argument("--mode", choices=["quick", "digits", "full"], help="the size (DMAT_MODE); default: the "
                    "notebook's own choice on this machine")
-    p.add_argument("--keep", type=Path, help="also write the executed notebooks into this folder")
+    p.add_argument("--keep", type=Path, help="also write the executed notebooks into this folder (with their "
+                   "figures and widget state: tools/build_site.py --from DIR builds the course site from them)")
     a = p.parse_args(argv)
     paths = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     unknown = set(a.notebooks) - {q.name[:2] for q in paths}
