@@ -162,8 +162,7 @@ def _load_dir(path: Path, mmap: bool) -> dict[str, np.ndarray]:
 
 
 def _check_arrays(path: Path, arrays: dict, num_classes: Optional[int], shape: Optional[tuple] = None) -> None:
-    """The keys, dtypes, lengths and label range of a read set; ``shape`` the (H, W, C) its images
-    must have (None: any valid image shape)."""
+    """A read set's keys, dtypes, lengths, labels; ``shape``: its images' (H, W, C) (None: any)."""
     missing = [k for k in ("image", "label") if k not in arrays]
     if missing:
         raise ValueError(f"{path}: missing key(s) {missing}; found {sorted(arrays)} "
