@@ -6,7 +6,7 @@
     .venv/bin/python bench/notebook_time.py --mode digits 05 06 07 08   # the image notebooks' CPU size
 
 The default size is what `MODE = None` gives on this machine (full for the toy notebooks 01-04,
-quick for 06-08 without a GPU; the notebook prints it and this script records it). Each run is
+digits for 05-08 without a GPU; the notebook prints it and this script records it). Each run is
 executed with nbclient in a scratch folder (data and runs there too), so nothing in the repository
 changes except what a notebook itself writes on purpose (the finished toy models of notebooks/models/
 when they are missing). The reference for the ratio is the same notebook's quick-mode time on the
@@ -44,7 +44,9 @@ def run(path: Path, quick: bool, keep: Path | None = None, mode: str | None = No
     from nbclient import NotebookClient
     nb = nbformat.read(path, as_version=4)
     with tempfile.TemporaryDirectory() as tmp:
-        env = {"DMAT_DATA": str(Path(tmp) / "data"), "MPLBACKEND": "Agg"}
+        # Jupyter's inline backend, as a user runs them: the figures are drawn and encoded (Agg would
+        # skip that), and they are outputs of what --keep writes (tools/build_site.py --from reuses it)
+        env = {"DMAT_DATA": str(Path(tmp) / "data"), "MPLBACKEND": "module://matplotlib_inline.backend_inline"}
         old = {k: os.environ.get(k) for k in (*env, "DMAT_QUICK", "DMAT_MODE")}
         os.environ.update(env)
         if quick:
@@ -92,7 +94,9 @@ def markdown(rows: list) -> str:
         lines.append(f"| {nb[:2]} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n\nMeasured by `bench/notebook_time.py` (top to bottom with nbclient; a busy " \
         "machine adds time). \"full\" on a CPU is the size a toy notebook runs by default there; 03 and 04 then " \
-        "load the models committed in `notebooks/models/` (bench/RESULTS.md has their times with training).\n"
+        "load the models committed in `notebooks/models/` (bench/RESULTS.md has their times with training). " \
+        "\"digits\" is the CPU size of 05-08 (their default without a GPU); each notebook runs in its own " \
+        "scratch folder, so 07 trains the digits U-Net it would otherwise take from 06 (2.6 of its minutes).\n"
 
 
 def main(argv=None) -> int:
@@ -101,7 +105,8 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="the tests' size (DMAT_QUICK=1)")
     p.add_argument("--mode", choices=["quick", "digits", "full"], help="the size (DMAT_MODE); default: the "
                    "notebook's own choice on this machine")
-    p.add_argument("--keep", type=Path, help="also write the executed notebooks into this folder")
+    p.add_argument("--keep", type=Path, help="also write the executed notebooks into this folder (with their "
+                   "figures and widget state: tools/build_site.py --from DIR builds the course site from them)")
     a = p.parse_args(argv)
     paths = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     unknown = set(a.notebooks) - {q.name[:2] for q in paths}

@@ -70,11 +70,11 @@ def bench(arch: str, arch_kw: dict, batch: int, steps: int, device: str, amp: st
     cfg = make_config("paper-wrn28-10", generated="(in memory)", arch=arch, arch_kw=arch_kw, batch_size=batch,
                       steps=steps + 1, n_val=0, epoch_size=n, out_dir=str(out), checkpoint_every=10**9,
                       log_every=10**9, progress=False, device=device, amp=amp)
-    trainer = ATTrainer(cfg, real=real, generated=gen, resume=False)
+    trainer = ATTrainer(cfg, real=real, generated=gen, fresh=True)
     model, wa = copy.deepcopy(trainer.model), copy.deepcopy(trainer.model)
     opt = torch.optim.SGD(param_groups(model, 5e-4, "bn"), lr=0.1, momentum=0.9, nesterov=True)
     x, y = trainer.batch(0)
-    autocast = trainer._autocast()
+    autocast = trainer.autocast()
     trainer.step()  # warm-up of both
     with autocast:
         reference_trades_step(model, wa, opt, x, y)

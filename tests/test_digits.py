@@ -169,3 +169,29 @@ def test_the_committed_digits_results_are_of_the_studys_own_settings():
     rows = Path(__file__).resolve().parents[1] / "results" / "digits" / "rows.json"
     meta = json.loads(rows.read_text())["meta"]
     assert check_settings(meta["settings"]) == FULL
+
+
+def test_the_clean_only_baseline_keeps_exactly_the_images_the_noisy_runs_left_clean(tmp_path):
+    """Experiment 2's baseline trains on the digits a 90%-noisy run of the same seed did not noise:
+    `noisy_mask` must be the trainer's own draw, not another random 10%."""
+    from dmat_core.images.dm_config import make_dm_config
+    from dmat_core.images.dm_train import DMTrainer, noisy_mask
+    x, _ = load_images("digits")
+    for seed in (0, 3):
+        cfg = make_dm_config("digits", noise_p=0.9, noise_std=0.2, seed=seed, out_dir=str(tmp_path / f"r{seed}"),
+                             progress=False, device="cpu")
+        mask = noisy_mask(len(x), 0.9, seed)
+        assert torch.equal(DMTrainer(cfg).noisy.cpu(), mask)
+        assert int((~mask).sum()) == round(0.1 * len(x)) == 130
+    assert not torch.equal(noisy_mask(len(x), 0.9, 0), noisy_mask(len(x), 0.9, 1))
+
+
+def test_the_copy_measure_calls_training_digits_copies_and_held_out_digits_fresh():
+    from dmat_core.studies.digits_study import _copies
+    x, _ = load_images("digits")
+    xt, _ = load_images("digits", train=False)
+    train = x[:130]
+    own = _copies(train, train)
+    assert own["nn_ratio"] == 0 and own["copy_rate"] == 1
+    fresh = _copies(xt, train)
+    assert fresh["nn_ratio"] == 1 and fresh["copy_rate"] == fresh["copy_rate_heldout"] < 0.05

@@ -113,11 +113,19 @@ def test_parameter_cell_chooses_the_mode(path):
     code = [s for s, kind in cells if kind == "code"]
     params = next(s for s in code if s.startswith("# Parameters"))
     assert re.search(r"^MODE = None\b", params, re.M), "the parameter cell must start by choosing MODE"
-    call = re.search(r"^QUICK, DEVICE = setup\(MODE\b(.*)\)", params, re.M)
-    assert call, "setup(MODE, ...) belongs in the parameter cell, before the sizes that depend on QUICK"
-    assert params.index("MODE = None") < call.start() < params.find("QUICK else")
-    assert ("full_cost=" in call.group(1)) == (path.name[:2] in GPU_SIZED)
-    assert "setup()" not in "\n".join(code), "a second setup() would choose the size again"
+    if path.name[:2] in GPU_SIZED:       # the image notebooks: quick / digits / full
+        call = re.search(r"^SIZE, DEVICE = setup_size\(MODE\b(.*)\)", params, re.M)
+        assert call, "setup_size(MODE, ...) belongs in the parameter cell, before the sizes that depend on SIZE"
+        assert "full_cost=" in call.group(1) and 'cpu_size="digits"' in call.group(1)
+        assert re.search(r'^QUICK, DIGITS = SIZE == "quick", SIZE == "digits"', params, re.M)
+        assert params.index("MODE = None") < call.start() < params.find("QUICK else")
+    else:
+        call = re.search(r"^QUICK, DEVICE = setup\(MODE\b(.*)\)", params, re.M)
+        assert call, "setup(MODE, ...) belongs in the parameter cell, before the sizes that depend on QUICK"
+        assert params.index("MODE = None") < call.start() < params.find("QUICK else")
+        assert "full_cost=" not in call.group(1)
+    assert "setup()" not in "\n".join(code) and "setup_size()" not in "\n".join(code), \
+        "a second setup() would choose the size again"
 
 
 # ----------------------------------------------------------------------------- the digits size (05-08)

@@ -26,7 +26,8 @@ def test_committed_form(path):
     sources = "\n".join("".join(c["source"]) for c in code)
     assert "pip install" in sources, "missing the install cell"
     assert not re.search(r"torch(vision)?\s*[=<>~]=", sources), "a notebook must not pin torch"
-    assert "setup(" in sources, "the notebook must call dmat_core.common.notebook.setup() (prints the device)"
+    assert re.search(r"\bsetup(_size)?\(", sources), \
+        "the notebook must call dmat_core.common.notebook.setup() or setup_size() (prints the device)"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)

@@ -27,6 +27,9 @@ row every ``log_every`` steps and is cut back to the checkpoint's step on resume
 """
 from __future__ import annotations
 
+# Size: one module of about 320 lines on purpose: one trainer (data, loss, step, checkpoint, samples),
+# whose parts share its state; the loss math is in dmat_core.diffusion.losses.
+
 import json
 import math
 import time
@@ -49,7 +52,7 @@ from .dm_config import TrainDMConfig, make_dm_config
 from .pixels import corrupt_images, image_grid, image_to_model, model_to_image, save_png
 from .unet import DM_CHECKPOINT_FORMAT, build_image_denoiser, denoiser_arch, save_image_denoiser
 
-__all__ = ["DMTrainer", "train_dm", "check_run", "image_dm_loss", "NonFiniteLossError"]
+__all__ = ["DMTrainer", "train_dm", "check_run", "image_dm_loss", "noisy_mask", "NonFiniteLossError"]
 
 _ORDER, _FLIP, _NOISE, _AT, _DROPOUT, _CORRUPT, _SAMPLES = range(1, 8)   # random streams
 # settings that may change when a run is resumed (everything else must match the checkpoint)
@@ -63,6 +66,13 @@ def image_dm_loss(D, x0: torch.Tensor, labels, config, sigma, noise, generator=N
     x0 (B, C, H, W), the class labels (B,) passed to every call of D(x, sigma, labels)."""
     return at_dm_loss(lambda x, s: D(x, s, labels), x0, config, sigma_data, sigma=sigma, noise=noise,
                       generator=generator)
+
+
+def noisy_mask(n: int, noise_p: float, seed: int) -> torch.Tensor:
+    """Which of the ``n`` training images a run with this ``seed`` and ``noise_p`` noises: the same
+    draw :class:`DMTrainer` makes (bool (n,)), so a baseline can take exactly the images it left clean."""
+    gen = torch.Generator().manual_seed(derived_seed(seed, _CORRUPT))
+    return corrupt_images(torch.zeros(n, 1), noise_p, 0.0, gen)[1]
 
 
 class DMTrainer(Trainer):

@@ -21,6 +21,8 @@ Every writer is atomic (temporary file, then ``os.replace``): a crash leaves no 
 """
 from __future__ import annotations
 
+# Size: about 310 lines on purpose: one file format, its reader (mapped, checked) and its writers together.
+
 import hashlib
 import json
 import os
@@ -162,8 +164,7 @@ def _load_dir(path: Path, mmap: bool) -> dict[str, np.ndarray]:
 
 
 def _check_arrays(path: Path, arrays: dict, num_classes: Optional[int], shape: Optional[tuple] = None) -> None:
-    """The keys, dtypes, lengths and label range of a read set; ``shape`` the (H, W, C) its images
-    must have (None: any valid image shape)."""
+    """A read set's keys, dtypes, lengths, labels; ``shape``: its images' (H, W, C) (None: any)."""
     missing = [k for k in ("image", "label") if k not in arrays]
     if missing:
         raise ValueError(f"{path}: missing key(s) {missing}; found {sorted(arrays)} "

@@ -68,12 +68,27 @@ def summarise(rows: list, meta: dict) -> dict:
         dm[key] = {"noise_p": p, "noise_std": std,
                    "variants": {v: {m: [r[m] for r in rs] for m in ("judge_acc", "frechet", "train_seconds")}
                                 for v, rs in runs.items()}}
+        if p > 0 and f"dm2-clean-only-p{p:g}-seed0" in by:     # the baseline: the clean 10% only
+            rs = [by[f"dm2-clean-only-p{p:g}-seed{k}"] for k in seeds]
+            dm[key]["variants"]["clean-only"] = {m: [r[m] for r in rs] for m in ("judge_acc", "frechet", "train_seconds")}
+            if "adversarial" in dm[key]["variants"]:
+                dm[key]["adversarial_vs_clean_only"] = paired(dm[key]["variants"]["adversarial"]["frechet"],
+                                                             dm[key]["variants"]["clean-only"]["frechet"])
+            if "nn_ratio" in rs[0]:
+                out["clean_only"] = {m: [r[m] for r in rs] for m in ("n_train", "nn_ratio", "copy_rate",
+                                                                     "copy_rate_heldout")}
         base = dm[key]["variants"]["standard"]
         dm[key]["diff_vs_standard"] = {v: {"frechet": paired(dm[key]["variants"][v]["frechet"], base["frechet"]),
                                            "judge_acc": paired(dm[key]["variants"][v]["judge_acc"], base["judge_acc"])}
-                                       for v in s["variants"] if v != "standard"}
+                                       for v in dm[key]["variants"] if v != "standard"}
     out["dm"] = dm
     return out
+
+
+def _wall(meta: dict) -> str:
+    """The study's wall-clock time, over every invocation that made its rows (a rerun reuses them)."""
+    total, k = meta.get("wall_seconds_total", meta["wall_seconds"]), meta.get("invocations", 1)
+    return f"{total / 60:.0f} min" + (f" in {k} invocations" if k > 1 else "")
 
 
 def markdown(sm: dict, meta: dict) -> str:
@@ -81,7 +96,7 @@ def markdown(sm: dict, meta: dict) -> str:
     n, metric = sm["seeds"], sm["robust_metric"]
     rob = "AutoAttack (standard)" if metric == "aa_acc" else "PGD-40 (quick mode: no AutoAttack)"
     L = [f"Written by `dmat digits-study` on {meta['date']} ({n} paired seeds; mean ± standard error; "
-         f"{meta['wall_seconds'] / 60:.0f} min with {meta['workers']} workers on {meta['cpu_count']} cores).",
+         f"{_wall(meta)} with {meta['workers']} workers on {meta['cpu_count']} cores).",
          "",
          f"Judge (standard SmallCNN on the real training digits): {100 * sm['judge_test_acc']:.1f}% on the 500 test "
          f"digits. Fréchet distance in its features, real vs real (500 training vs the 500 test digits), the "
@@ -117,12 +132,27 @@ def markdown(sm: dict, meta: dict) -> str:
     for key, d in sm["dm"].items():
         data = "clean" if d["noise_p"] == 0 else f"{100 * d['noise_p']:.0f}% noisy, std {d['noise_std']:g}"
         for v, r in d["variants"].items():
+            label = "standard, on the clean 10% only" if v == "clean-only" else v
             if v == "standard":
                 extra = "| | | |"
             else:
                 df, da = d["diff_vs_standard"][v]["frechet"], d["diff_vs_standard"][v]["judge_acc"]
                 extra = f"| {_d(df)} | {_d(da, True)} | {verdict(df, higher_is_better=False)} (Fréchet) |"
-            L.append(f"| {data} | {v} | {_ms(r['judge_acc'], True)} | {_ms(r['frechet'])} {extra}")
+            L.append(f"| {data} | {label} | {_ms(r['judge_acc'], True)} | {_ms(r['frechet'])} {extra}")
+    if "clean_only" in sm:
+        c = sm["clean_only"]
+        L += ["", f"The baseline \"standard, on the clean 10% only\" trains on exactly the {c['n_train'][0]} digits each "
+              "noisy run left clean: an oracle, told which images are noisy. How close its samples are to those "
+              "training digits, beside the 500 real held-out digits (what an honest generator of the same digits "
+              f"scores): median distance to the nearest training digit over the held-out digits' "
+              f"{_ms(c['nn_ratio'])} (1: as far as a fresh real digit; far below 1: copies); samples closer than "
+              f"a third of the held-out median {_ms(c['copy_rate'], True)}% (held-out digits: "
+              f"{_ms(c['copy_rate_heldout'], True)}%)."]
+        for key, d in sm["dm"].items():
+            if "adversarial_vs_clean_only" in d:
+                df = d["adversarial_vs_clean_only"]
+                L.append(f"Adversarial − clean-only baseline, Fréchet, std {d['noise_std']:g}: {_d(df)}: "
+                         f"{verdict(df, higher_is_better=False)}.")
     return "\n".join(L) + "\n"
 
 

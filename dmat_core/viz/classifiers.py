@@ -20,13 +20,16 @@ from .diffusion import LivePlot, grid
 
 # --------------------------------------------------------------------------- images
 def _hwc(images) -> np.ndarray:
-    """uint8 (N, H, W, 3) or float (N, 3, H, W) in [0, 1] -> float (N, H, W, 3) in [0, 1]."""
+    """uint8 (N, H, W, C) or float (N, C, H, W) in [0, 1], C = 3 or 1 (grey) -> float (N, H, W, 3) in
+    [0, 1], a grey channel repeated three times (what imshow draws)."""
     if isinstance(images, torch.Tensor):
         images = images.detach().cpu()
-        return images.permute(0, 2, 3, 1).float().clamp(0, 1).numpy() if images.shape[1] == 3 \
+        out = images.permute(0, 2, 3, 1).float().clamp(0, 1).numpy() if images.shape[1] in (1, 3) \
             else images.float().div(255).numpy()
-    images = np.asarray(images)
-    return images.astype(np.float32) / 255.0 if images.dtype == np.uint8 else images
+    else:
+        images = np.asarray(images)
+        out = images.astype(np.float32) / 255.0 if images.dtype == np.uint8 else images
+    return np.repeat(out, 3, axis=-1) if out.shape[-1] == 1 else out
 
 
 def class_grid(sets: dict, class_names, per_class: int = 6, seed: int = 0):
@@ -38,16 +41,17 @@ def class_grid(sets: dict, class_names, per_class: int = 6, seed: int = 0):
                              squeeze=False)
     for ax, (name, (images, labels)) in zip(axes[0], sets.items()):
         labels = np.asarray(labels)
+        H, W = _hwc(np.asarray(images[:1])).shape[1:3]       # 32x32 (CIFAR), 8x8 (digits)
         rows = []
         for c in range(k):
             idx = np.flatnonzero(labels == c)
             pick = rng.choice(idx, min(per_class, len(idx)), replace=False) if len(idx) else []
-            row = np.ones((per_class, 32, 32, 3), np.float32)
+            row = np.ones((per_class, H, W, 3), np.float32)
             if len(pick):
                 row[:len(pick)] = _hwc(np.asarray(images[np.sort(pick)]))
             rows.append(np.concatenate(list(np.pad(row, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=1)), 1))
         ax.imshow(np.concatenate(rows, 0))
-        ax.set_yticks(34 * np.arange(k) + 17, class_names, fontsize=8)
+        ax.set_yticks((H + 2) * np.arange(k) + (H + 2) / 2, class_names, fontsize=8)
         ax.set_xticks([]), ax.set_title(f"{name} ({len(labels):,} images)", fontsize=10)
     fig.tight_layout()
     return fig
@@ -80,7 +84,7 @@ def show_adversarial(model, x, x_adv, y, class_names, n: int = 8, amplify: float
             head = f"true {class_names[int(y[i])]}\n" if r == 0 else ""
             axes[r, j].set_title(f"{head}pred {class_names[c]} {p[c]:.0%}", fontsize=7,
                                  color="k" if c == int(y[i]) else "tab:red")
-        axes[2, j].imshow((0.5 + scale * delta[j]).clamp(0, 1).permute(1, 2, 0).numpy())
+        axes[2, j].imshow(_hwc((0.5 + scale * delta[j:j + 1]).clamp(0, 1))[0])
     for ax in axes.ravel():
         ax.set_xticks([]), ax.set_yticks([])
     for r, t in enumerate(["clean", "adversarial", "perturbation"]):
