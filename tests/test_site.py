@@ -49,9 +49,12 @@ def site(tmp_path_factory):
         if importlib.util.find_spec(module) is None:
             _missing(f"{module} is not installed (pip install -e '.[{extra}]')")
     tmp = tmp_path_factory.mktemp("site")
+    # --timeout bounds each cell, and also a stall seen only in a fresh clone's venv under pytest: the
+    # cell after 01's widget viewer started exactly --timeout seconds late (600 s: the CI run took
+    # 10 min longer; 60 s: 1 min), then the build finished and passed. Not understood yet; bounded here.
     t0 = time.perf_counter()
     r = subprocess.run([sys.executable, str(ROOT / "tools" / "build_site.py"), "--quick", NOTEBOOK[:2],
-                        "--build-dir", str(tmp / "build"), "--out", str(tmp / "site"), "--timeout", "600"],
+                        "--build-dir", str(tmp / "build"), "--out", str(tmp / "site"), "--timeout", "120"],
                        capture_output=True, text=True, cwd=tmp)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     print(f"site built in {time.perf_counter() - t0:.1f} s:\n{r.stdout}")
