@@ -51,7 +51,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
-from notebook_header import repository_url  # noqa: E402  (tools/ is on sys.path)
+from notebook_client import NotebookClient  # noqa: E402  (tools/ is on sys.path; nbclient without its stall)
+from notebook_header import repository_url  # noqa: E402
 
 NOTEBOOKS = ROOT / "notebooks"
 CONF = ROOT / "docs" / "course"          # conf.py and _static/
@@ -102,7 +103,6 @@ def execute(path: Path, env: dict, timeout: int | None):
     """Run the notebook top to bottom in a scratch folder; returns it with its outputs and the
     widget state. Raises nbclient's CellExecutionError when a cell fails."""
     import nbformat
-    from nbclient import NotebookClient
     nb = nbformat.read(path, as_version=4)
     with tempfile.TemporaryDirectory(prefix="dmat-site-") as tmp:
         run = {"DMAT_DATA": str(Path(tmp) / "data"), "MPLBACKEND": INLINE, "OMP_WAIT_POLICY": "PASSIVE", **env}
