@@ -141,6 +141,9 @@ def reference_rows(cfg: dict, seed: int = 0) -> dict:
             m["nll_smoothed"] = float(-dist.log_prob(pts, 0.05).mean())
         if name == "true samples":
             m.update(memorization_rate(pts, x, dist, seed=seed))
+            if uses_likelihood(cfg, dist):     # the truth's held-out LL: the models' held-out points under p
+                held = dist.sample(int(cfg["ll_n"]), torch.Generator().manual_seed(40_000 + seed))
+                m["heldout_ll"] = float(dist.log_prob(held.double(), 0.002).mean())   # likelihood_gap's sigma_min
         out[name] = m
     out["training set"]["corrupted_share"] = float(mask.double().mean())
     for name, ideal in ideal_models(dist, x, cfg).items():
