@@ -57,6 +57,9 @@ def site(tmp_path_factory):
                         "--build-dir", str(tmp / "build"), "--out", str(tmp / "site"), "--timeout", "120"],
                        capture_output=True, text=True, cwd=tmp)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    # nothing written beside the site (MyST-NB's extracted figures stay in the build folder: with
+    # --out at the repository root, a jupyter_execute/ folder used to appear there)
+    assert sorted(p.name for p in tmp.iterdir()) == ["build", "site"], sorted(p.name for p in tmp.iterdir())
     print(f"site built in {time.perf_counter() - t0:.1f} s:\n{r.stdout}")
     handler = functools.partial(_QuietHandler, directory=str(tmp / "site"))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
