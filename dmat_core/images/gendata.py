@@ -251,7 +251,6 @@ def load_generated(path: PathLike, num_classes: Optional[int] = 10, mmap: bool =
     return arrays["image"], arrays["label"]
 
 
-
 def is_generated_set(path: PathLike, shape: Optional[tuple] = IMAGE_SHAPE,
                      num_classes: Optional[int] = 10) -> bool:
     """Whether `path` is a valid generated set of (H, W, C) = `shape` images, as
@@ -262,6 +261,7 @@ def is_generated_set(path: PathLike, shape: Optional[tuple] = IMAGE_SHAPE,
     except (FileNotFoundError, ValueError):
         return False
     return True
+
 
 # --------------------------------------------------------------------------- writing
 
