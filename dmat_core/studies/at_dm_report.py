@@ -31,16 +31,20 @@ COLUMNS_SUBSPACE = [("residual_rms", "residual RMS", ".4f"),
 
 
 def summarize(runs: list[dict], variants) -> dict:
-    """Mean, std (over seeds, ddof 1) and n of every numeric metric, per variant."""
+    """Mean, std (over seeds, ddof 1) and n of every numeric metric, per variant. A metric that only
+    some seeds report (e.g. `heldout_ll_failed` of the Tweedie baseline, only where its tuned
+    sigma_s > 0) is summarised over those seeds, with their count as n."""
     out = {}
     for v in variants:
         ms = [r["metrics"] for r in runs if r["variant"] == v]
-        keys = [k for k, x in ms[0].items() if isinstance(x, (int, float)) and not isinstance(x, bool)]
+        keys = list(dict.fromkeys(k for m in ms for k, x in m.items()
+                                  if isinstance(x, (int, float)) and not isinstance(x, bool)))
         out[v] = {}
         for k in keys:
-            t = torch.tensor([float(m[k]) for m in ms], dtype=torch.float64)
-            std = float(t.std()) if len(ms) > 1 else 0.0
-            out[v][k] = {"mean": float(t.mean()), "std": std, "n": len(ms)}
+            vals = [float(m[k]) for m in ms if k in m]
+            t = torch.tensor(vals, dtype=torch.float64)
+            std = float(t.std()) if len(vals) > 1 else 0.0
+            out[v][k] = {"mean": float(t.mean()), "std": std, "n": len(vals)}
     return out
 
 
