@@ -75,7 +75,8 @@ def markdown_table(results: dict) -> str:
     arm against them, attack, cost (a results file of an earlier version is read as this one writes it)."""
     results = migrate_results(results)
     cfg, summ = results["config"], results["summary"]
-    cols = _columns(results)
+    refs = _reference_rows(results)          # a column no model and no reference row has is left out
+    cols = [c for c in _columns(results) if any(c[0] in m for m in [*summ.values(), *refs.values()])]
     n = max(m["n"] for s in summ.values() for m in s.values() if isinstance(m, dict) and "n" in m)
     corr = cfg["corruption"] + {"inlier": f" p={cfg['p']} s={cfg['s']}",
                                 "offplane": f" p={cfg['p']} s={cfg['s']}",
@@ -93,10 +94,10 @@ def markdown_table(results: dict) -> str:
     lines += ["| model | " + " | ".join(h for _, h, _ in cols) + " |",
               "|---" * (len(cols) + 1) + "|"]
     for v, s in summ.items():
-        cells = [f"{_fmt(s[k]['mean'], f)} ± {_fmt(s[k]['std'], f)}" if k in s else "n/a"
+        cells = [f"{_fmt(s[k]['mean'], f)} ± {_fmt(s[k]['std'], f.lstrip('+'))}" if k in s else "n/a"
                  for k, _, f in cols]
         lines.append(f"| {v} | " + " | ".join(cells) + " |")
-    for name, m in _reference_rows(results).items():
+    for name, m in refs.items():
         lines.append(f"| *{name}* | " + " | ".join(_fmt(m.get(k), f) if k in m else "" for k, _, f in cols) + " |")
     ref = results["reference"]["true samples"]
     lines += ["", f"Memorization radius {ref.get('radius', float('nan')):.4f}; fresh true samples "
