@@ -12,7 +12,8 @@ from dmat_core.studies import at_dm_study as study
 from dmat_core.studies.at_dm_baselines import choose_snapshot, ideal_standard, tune_shrinkage
 from dmat_core.studies.at_dm_measure import ExactDenoiser, measure_denoiser
 from dmat_core.studies.at_dm_setup import migrate_results, study_config, training_set
-from dmat_core.studies.at_dm_summary import KEY_MEASURES, at_verdict, headline_rows, run_values, summary_table, target
+from dmat_core.studies.at_dm_summary import (KEY_MEASURES, at_verdict, findings_table, headline_rows, run_values,
+                                             summary_table, target)
 from dmat_core.toys.metrics import sample_metrics
 from dmat_core.toys.mixtures import ring8
 from dmat_core.toys.nets import data_std
@@ -97,6 +98,14 @@ def test_at_works_only_where_it_beats_every_baseline(tmp_path):
     assert "**AT works** (" in table and "in: clean-ring8 (held-out log-likelihood (PF-ODE))" in table
     row = next(line for line in table.splitlines() if "held-out log-likelihood" in line)
     assert "| yes: adversarial beats all (tweedie-shrinkage by -0.100" in row
+    rows = findings_table(tmp_path).splitlines()
+    assert len(rows) == 3 and rows[2].startswith("| clean-ring8 (5 seeds) | held-out log-likelihood (PF-ODE) (0.000) "
+                                                 "| adversarial | -0.300 ± 0.014 | -0.700 ± 0.007 (closer) ")
+    assert "| (a) tweedie-shrinkage: -0.100 ± 0.007 (closer) | **yes** |" in rows[2]
+
+    _synthetic(tmp_path, at_ll=-0.39, shrink_ll=-0.4)                 # within noise of the shrinkage baseline
+    row = findings_table(tmp_path).splitlines()[2]
+    assert "(a) tweedie-shrinkage: -0.010 ± 0.007 (no difference shown) | no |" in row
 
 
 def test_results_of_before_the_rename_read_as_the_new_arm():

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .at_dm_setup import ARMS, BASELINES, migrate_results, project_2d, study_config, training_set
-from .at_dm_summary import KEY_MEASURES, PROPER, summary_table, verdict_table  # noqa: F401 (re-exported)
+from .at_dm_summary import KEY_MEASURES, PROPER, findings_table, summary_table, verdict_table  # noqa: F401 (re-exported)
 
 # (key, header, format) of the main table, for mixtures of full-rank modes and for subspace data
 COLUMNS_MODES = [("heldout_ll", "held-out LL", "+.3f"), ("off_mode_mass", "off-mode mass", ".4f"),
@@ -310,7 +310,7 @@ def record_tuning(run_dirs, out: str | Path) -> str:
 
 
 if __name__ == "__main__":
-    # python -m dmat_core.studies.at_dm_report summary results/at_dm
+    # python -m dmat_core.studies.at_dm_report summary results/at_dm    (summary.md and findings.md)
     # python -m dmat_core.studies.at_dm_report tuning results/at_dm/tuning RUN_DIR...
     import sys
 
@@ -319,6 +319,7 @@ if __name__ == "__main__":
     if cmd == "summary":
         table = summary_table(out)
         atomic_write_text(Path(out) / "summary.md", table + "\n")
+        atomic_write_text(Path(out) / "findings.md", findings_table(out) + "\n")
         print(table)
     elif cmd == "tuning":
         print(record_tuning(dirs, out))
