@@ -220,13 +220,13 @@ def summary_table(root: str | Path) -> str:
     return "\n".join(lines)
 
 
-def findings_table(root: str | Path) -> str:
+def findings_table(root: str | Path, presets=None) -> str:
     """Markdown, one row per (setting, AT arm), on the setting's proper score (:func:`deciding_measure`):
     the arm's mean ± standard error over seeds, its paired difference with standard training and with
     the hardest baseline to beat (the largest paired difference), each called (closer / farther / no
     difference shown, at two standard errors), and whether it beats standard training and every
-    baseline. Every number comes from the study folders under `root`."""
-    studies = load_studies(root, dict.fromkeys(k[0] for k in KEY_MEASURES))
+    baseline. Every number comes from the study folders under `root` (`presets`: only these)."""
+    studies = load_studies(root, presets or dict.fromkeys(k[0] for k in KEY_MEASURES))
     lines = ["| setting | proper score (right value) | AT arm | arm: mean ± s.e. | vs standard | "
              "vs the hardest baseline | beats standard and every baseline |", "|---" * 7 + "|"]
     for preset, r in studies.items():
