@@ -7,7 +7,8 @@
 
 The default size is what `MODE = None` gives on this machine (full for the toy notebooks 01-04,
 digits for 05-08 without a GPU; the notebook prints it and this script records it). Each run is
-executed with nbclient in a scratch folder (data and runs there too), so nothing in the repository
+executed as the course site executes it (tools/build_site.py: nbclient in a scratch folder, data
+and runs there too, the inline backend, the widget state kept), so nothing in the repository
 changes except what a notebook itself writes on purpose (the finished toy models of notebooks/models/
 when they are missing). The reference for the ratio is the same notebook's quick-mode time on the
 same machine, when it is in the file. Rows are keyed by notebook, size and machine; a new run of
@@ -17,65 +18,36 @@ from the JSON file after every notebook.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
-import re
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+from build_site import execute, printed_size  # noqa: E402  (one way to run a notebook: the site's)
+
 OUT = ROOT / "bench" / "notebook_times.json"
 TABLE = ROOT / "bench" / "notebook_times.md"      # README includes it
 
 
-def machine() -> str:
-    import torch
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
-    return f"{os.cpu_count()}-core CPU ({platform.machine()})"
-
-
 def run(path: Path, quick: bool, keep: Path | None = None, mode: str | None = None) -> dict:
+    """One notebook top to bottom, the way the course site runs it (tools/build_site.py's `execute`:
+    a scratch folder with its own data, the inline backend, so the figures are drawn and encoded and
+    are outputs of what --keep writes). Returns its row of the times file."""
     import nbformat
-    from nbclient import NotebookClient
-    nb = nbformat.read(path, as_version=4)
-    with tempfile.TemporaryDirectory() as tmp:
-        # Jupyter's inline backend, as a user runs them: the figures are drawn and encoded (Agg would
-        # skip that), and they are outputs of what --keep writes (tools/build_site.py --from reuses it)
-        env = {"DMAT_DATA": str(Path(tmp) / "data"), "MPLBACKEND": "module://matplotlib_inline.backend_inline"}
-        old = {k: os.environ.get(k) for k in (*env, "DMAT_QUICK", "DMAT_MODE")}
-        os.environ.update(env)
-        if quick:
-            os.environ["DMAT_QUICK"] = "1"
-        else:
-            os.environ.pop("DMAT_QUICK", None)
-        if mode:
-            os.environ["DMAT_MODE"] = mode
-        else:
-            os.environ.pop("DMAT_MODE", None)
-        t0 = time.perf_counter()
-        try:
-            NotebookClient(nb, timeout=None, kernel_name="python3", resources={"metadata": {"path": tmp}}).execute()
-        finally:
-            for k, v in old.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
-        seconds = time.perf_counter() - t0
+    env = {"DMAT_QUICK": "1"} if quick else {"DMAT_MODE": mode} if mode else {}
+    nb = execute(path, env, timeout=None)
+    nb.metadata["dmat_site"]["executed_by"] = "bench/notebook_time.py"
     if keep is not None:                              # the executed notebook, to read its outputs
         keep.mkdir(parents=True, exist_ok=True)
         nbformat.write(nb, keep / path.name)
     text = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
                      if o.get("output_type") == "stream")
-    m = re.search(r"size: (\w+)[^|]*\| device: (\w+)", text)
-    return {"notebook": path.name, "size": m.group(1) if m else "?", "device": m.group(2) if m else "?",
-            "machine": machine(), "seconds": round(seconds, 1), "date": datetime.date.today().isoformat(),
-            "loaded_models": text.count("loaded ")}
+    size, device = printed_size(nb)
+    meta = nb.metadata["dmat_site"]
+    return {"notebook": path.name, "size": size.split()[0], "device": device, "machine": meta["machine"],
+            "seconds": meta["seconds"], "date": meta["date"], "loaded_models": text.count("loaded ")}
 
 
 def markdown(rows: list) -> str:

@@ -191,3 +191,18 @@ def test_the_ideal_standard_model_is_left_out_only_where_it_does_not_exist(tmp_p
     from dmat_core.studies.at_dm_summary import required_opponents
     assert "ideal-standard" not in required_opponents({"config": {"corruption": "outlier"}})
     assert "ideal-standard" in required_opponents({"config": {"corruption": "inlier"}})
+
+
+def test_the_truth_row_holds_the_exact_held_out_likelihood_and_tables_show_it():
+    """The *true samples* row of a study carries the truth's held-out log-likelihood: the exact
+    log-density of the very points every model's held-out LL is measured on; the exact denoiser's
+    PF-ODE likelihood of those points agrees within 0.02 nats; the table's first column is it."""
+    from dmat_core.studies.at_dm_measure import reference_rows
+    from dmat_core.studies.at_dm_report import COLUMNS_MODES
+    cfg = study_config("clean-ring8", quick=True)
+    dist, x, _ = training_set(cfg, 3)
+    truth = reference_rows(cfg, 3)["true samples"]["heldout_ll"]
+    m, _ = measure_denoiser(ExactDenoiser(dist, data_std(x)), dist, x, cfg, 3)
+    assert truth == m["heldout_ll_exact"]
+    assert abs(m["heldout_ll"] - truth) < 0.02
+    assert COLUMNS_MODES[0][0] == "heldout_ll"

@@ -189,3 +189,15 @@ def test_summary_shows_collapse_as_collapse(tmp_path):
     assert "random: " in rows["SW2 / floor"] and "(farther, 4 seeds)" in rows["SW2 / floor"]
     assert "(farther, 4 seeds)" in rows["spread"] and "| no: random vs standard" in rows["spread"]
     assert "**not shown** in: clean-ring8 (SW2 / floor)" in table
+
+
+def test_a_metric_only_some_seeds_report_is_summarised_over_those():
+    """The Tweedie baseline reports `heldout_ll_failed` only on seeds whose tuned sigma_s > 0; the
+    10-seed clean-ring8 rerun stopped on it (KeyError) after every model was measured."""
+    from dmat_core.studies.at_dm_report import summarize
+    runs = [{"variant": "tweedie-shrinkage", "metrics": {"heldout_ll": -1.0}},
+            {"variant": "tweedie-shrinkage", "metrics": {"heldout_ll": -0.5, "heldout_ll_failed": 2}},
+            {"variant": "tweedie-shrinkage", "metrics": {"heldout_ll": -0.6, "heldout_ll_failed": 0}}]
+    s = summarize(runs, ["tweedie-shrinkage"])["tweedie-shrinkage"]
+    assert s["heldout_ll"]["n"] == 3 and abs(s["heldout_ll"]["mean"] + 0.7) < 1e-12
+    assert s["heldout_ll_failed"] == {"mean": 1.0, "std": s["heldout_ll_failed"]["std"], "n": 2}

@@ -217,6 +217,20 @@ def test_unreadable_generated_files(tmp_path):
         data.load_generated(tmp_path / "cut.npz")
 
 
+
+def test_is_generated_set_picks_sets_of_one_shape(tmp_path):
+    """What notebook 07 chooses a digits set with: a valid set of that shape only."""
+    from dmat_core.images.gendata import is_generated_set
+    x, y = _gen(10)                                           # (10, 32, 32, 3)
+    data.save_generated(tmp_path / "rgb.npz", x, y)
+    data.save_generated(tmp_path / "grey.npz", x[:, :8, :8, :1].copy(), y, shape=(8, 8, 1))
+    (tmp_path / "junk.npz").write_bytes(b"PK not really a zip")
+    assert is_generated_set(tmp_path / "rgb.npz", (32, 32, 3))
+    assert not is_generated_set(tmp_path / "rgb.npz", (8, 8, 1))
+    assert is_generated_set(tmp_path / "grey.npz", (8, 8, 1))
+    assert not is_generated_set(tmp_path / "junk.npz", (32, 32, 3))
+    assert not is_generated_set(tmp_path / "missing.npz", (32, 32, 3))
+
 def test_save_refuses_bad_input_and_writes_nothing(tmp_path):
     x, y = _gen(8)
     for images, labels in ((x.astype(np.float32), y), (x, y[:-1]), (x[..., :1], y)):

@@ -51,7 +51,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
-from notebook_header import repository_url  # noqa: E402  (tools/ is on sys.path)
+from notebook_client import NotebookClient  # noqa: E402  (tools/ is on sys.path; nbclient without its stall)
+from notebook_header import repository_url  # noqa: E402
 
 NOTEBOOKS = ROOT / "notebooks"
 CONF = ROOT / "docs" / "course"          # conf.py and _static/
@@ -102,7 +103,6 @@ def execute(path: Path, env: dict, timeout: int | None):
     """Run the notebook top to bottom in a scratch folder; returns it with its outputs and the
     widget state. Raises nbclient's CellExecutionError when a cell fails."""
     import nbformat
-    from nbclient import NotebookClient
     nb = nbformat.read(path, as_version=4)
     with tempfile.TemporaryDirectory(prefix="dmat-site-") as tmp:
         run = {"DMAT_DATA": str(Path(tmp) / "data"), "MPLBACKEND": INLINE, "OMP_WAIT_POLICY": "PASSIVE", **env}
@@ -409,15 +409,20 @@ def build(numbers=(), quick=False, source_dir=None, force=False, out=SITE, build
         nbformat.write(site_copy(nb, {q.name for q in paths}), src / p.name)
         built[p.name] = nb.metadata["dmat_site"]
     (src / "index.md").write_text(index_page(built, quick), encoding="utf-8")
-    shutil.rmtree(out, ignore_errors=True)
+    # Sphinx writes into the build folder, then the pages are copied out: MyST-NB puts the files
+    # it extracts (figures) beside the folder it writes into, which must not be the repository root
+    html = build_dir / "html"
+    shutil.rmtree(html, ignore_errors=True)
     t0 = time.perf_counter()
     r = subprocess.run([sys.executable, "-m", "sphinx", "-b", "html", "-q", "-c", str(CONF),
-                        "-d", str(build_dir / "doctrees"), str(src), str(out)],
+                        "-d", str(build_dir / "doctrees"), str(src), str(html)],
                        capture_output=True, text=True)
     if r.stderr.strip():
         log(r.stderr.rstrip())
     if r.returncode:
         raise SystemExit(f"sphinx failed (exit {r.returncode}): {r.stdout[-2000:]}")
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.copytree(html, out)
     log(f"site: {out / 'index.html'} ({len(built)} notebooks; sphinx {time.perf_counter() - t0:.0f} s)")
     return out
 

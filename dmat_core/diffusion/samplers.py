@@ -170,11 +170,16 @@ def sampler_iter(D, latents: Tensor, sampler: str = "heun", steps: int | None = 
 def run(D, latents: Tensor, sampler: str = "heun", steps: int | None = None, labels=None,
         generator: torch.Generator | None = None, trajectory: bool = False, **kwargs):
     """Run a sampler to the end; the final sample, or the (S+1, B, ...) trajectory."""
-    it = sampler_iter(D, latents, sampler, steps, labels, generator, **kwargs)
+    return drain(sampler_iter(D, latents, sampler, steps, labels, generator, **kwargs), trajectory)
+
+
+def drain(states, trajectory: bool = False):
+    """Run a sampler's generator of states to its end: the last state, or all of them stacked
+    ((S+1, B, ...), `trajectory=True`)."""
     if trajectory:
-        return torch.stack(list(it))
+        return torch.stack(list(states))
     x = None
-    for x in it:
+    for x in states:
         pass
     return x
 
@@ -188,5 +193,5 @@ def latent_noise(n: int, shape, generator: torch.Generator | None = None, device
     return torch.randn((int(n), *shape), generator=generator, device=device, dtype=dtype)
 
 
-__all__ = ["edm_euler", "edm_heun", "ddpm", "ddim", "ddpm_timesteps", "sampler_iter", "run",
+__all__ = ["edm_euler", "edm_heun", "ddpm", "ddim", "ddpm_timesteps", "sampler_iter", "run", "drain",
            "latent_noise", "nfe", "SAMPLERS", "sigma_from_alpha_bar"]

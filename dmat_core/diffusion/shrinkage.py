@@ -31,7 +31,7 @@ import torch
 
 from .edm import edm_sigmas
 from .likelihood import log_likelihood
-from .samplers import edm_heun
+from .samplers import drain, edm_heun
 
 Tensor = torch.Tensor
 
@@ -59,13 +59,7 @@ def shrinkage_sampler(D, latents: Tensor, sigma_s: float, steps: int = 18, label
 def shrinkage_run(D, latents: Tensor, sigma_s: float, steps: int = 18, trajectory: bool = False,
                   labels=None, **sigma_kw):
     """Run :func:`shrinkage_sampler` to the end: the samples, or the whole (S+1, B, d) trajectory."""
-    it = shrinkage_sampler(D, latents, sigma_s, steps, labels, **sigma_kw)
-    if trajectory:
-        return torch.stack(list(it))
-    x = None
-    for x in it:
-        pass
-    return x
+    return drain(shrinkage_sampler(D, latents, sigma_s, steps, labels, **sigma_kw), trajectory)
 
 
 def _float64(D):

@@ -37,7 +37,7 @@ import numpy as np
 
 from ..common.checkpoint import atomic_open, atomic_write_text
 
-__all__ = ["IMAGE_SHAPE", "load_generated", "save_generated", "merge_generated",
+__all__ = ["IMAGE_SHAPE", "load_generated", "is_generated_set", "save_generated", "merge_generated",
            "npz_to_npy_dir", "validate_generated", "cache_root"]
 
 PathLike = Union[str, os.PathLike]
@@ -249,6 +249,18 @@ def load_generated(path: PathLike, num_classes: Optional[int] = 10, mmap: bool =
         raise ValueError(f"{path}: unreadable generated-data file ({type(e).__name__}: {e})") from e
     _check_arrays(path, arrays, num_classes, shape)
     return arrays["image"], arrays["label"]
+
+
+def is_generated_set(path: PathLike, shape: Optional[tuple] = IMAGE_SHAPE,
+                     num_classes: Optional[int] = 10) -> bool:
+    """Whether `path` is a valid generated set of (H, W, C) = `shape` images, as
+    :func:`load_generated` would read it (a file of another shape, or no valid set at all: False).
+    For choosing among files, e.g. notebook 07 picking a digits set out of a folder."""
+    try:
+        load_generated(path, num_classes=num_classes, shape=shape)
+    except (FileNotFoundError, ValueError):
+        return False
+    return True
 
 
 # --------------------------------------------------------------------------- writing

@@ -23,11 +23,12 @@ from ..toys.corruption import corrupted_distribution
 from ..toys.metrics import sample_metrics, score_error
 from ..toys.mixtures import GaussianMixture, make_distribution
 from ..toys.nets import data_std
-from ..toys.smoothness import jacobian_frobenius, likelihood_gap, memorization_rate
+from ..toys.smoothness import heldout_points, jacobian_frobenius, likelihood_gap, memorization_rate
 from ..toys.train import make_toy_model, train_toy
 from .at_dm_setup import ARMS, project_2d, training_set
 
 JAC_SIGMAS = [0.01, 0.05, 0.2, 1.0]
+LL_SIGMA_MIN = 0.002        # likelihood_gap's density level: the held-out LL does not follow the sampler's sigma_min
 SCORE_SIGMAS = [0.05, 0.2, 1.0]
 
 
@@ -68,7 +69,7 @@ def measure_denoiser(D, dist, train, cfg: dict, seed: int, shrink_sigma: float =
     # in d = 256 one exact denoiser of subspace data alone takes over a minute for 64 points (stiff)
     if uses_likelihood(cfg, dist):
         m.update(likelihood_gap(D, dist, train, n=cfg["ll_n"], seed=seed, n_probe=cfg["ll_probe"],
-                                shrink_sigma=shrink_sigma))
+                                sigma_min=LL_SIGMA_MIN, shrink_sigma=shrink_sigma))
     m.update(trajectory_stats(traj, grid, sigma_max=sd))
     jac = jacobian_frobenius(D, dist, JAC_SIGMAS, n=cfg["jac_n"], seed=seed)
     err = score_error(D, dist, SCORE_SIGMAS, n=1024, seed=seed)
@@ -141,6 +142,9 @@ def reference_rows(cfg: dict, seed: int = 0) -> dict:
             m["nll_smoothed"] = float(-dist.log_prob(pts, 0.05).mean())
         if name == "true samples":
             m.update(memorization_rate(pts, x, dist, seed=seed))
+            if uses_likelihood(cfg, dist):     # the truth's held-out LL: the models' held-out points under p
+                held = heldout_points(dist, cfg["ll_n"], seed)
+                m["heldout_ll"] = float(dist.log_prob(held.double(), LL_SIGMA_MIN).mean())
         out[name] = m
     out["training set"]["corrupted_share"] = float(mask.double().mean())
     for name, ideal in ideal_models(dist, x, cfg).items():

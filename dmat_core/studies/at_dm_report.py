@@ -18,8 +18,8 @@ from .at_dm_setup import ARMS, BASELINES, migrate_results, project_2d, study_con
 from .at_dm_summary import KEY_MEASURES, PROPER, summary_table, verdict_table  # noqa: F401 (re-exported)
 
 # (key, header, format) of the main table, for mixtures of full-rank modes and for subspace data
-COLUMNS_MODES = [("off_mode_mass", "off-mode mass", ".4f"), ("nll_gap", "NLL - H", "+.3f"),
-                 ("sw2_ratio", "SW2/floor", ".2f"), ("spread_ratio", "spread", ".3f"),
+COLUMNS_MODES = [("heldout_ll", "held-out LL", "+.3f"), ("off_mode_mass", "off-mode mass", ".4f"),
+                 ("nll_gap", "NLL - H", "+.3f"), ("sw2_ratio", "SW2/floor", ".2f"), ("spread_ratio", "spread", ".3f"),
                  ("modes_covered", "modes", ".1f"), ("den_err@0.05", "D err @0.05", ".3f"),
                  ("mem_rate", "mem. rate", ".3f"), ("jac@0.05", "‖J‖_F @0.05", ".3f"),
                  ("length", "path length", ".3f")]
@@ -31,16 +31,20 @@ COLUMNS_SUBSPACE = [("residual_rms", "residual RMS", ".4f"),
 
 
 def summarize(runs: list[dict], variants) -> dict:
-    """Mean, std (over seeds, ddof 1) and n of every numeric metric, per variant."""
+    """Mean, std (over seeds, ddof 1) and n of every numeric metric, per variant. A metric that only
+    some seeds report (e.g. `heldout_ll_failed` of the Tweedie baseline, only where its tuned
+    sigma_s > 0) is summarised over those seeds, with their count as n."""
     out = {}
     for v in variants:
         ms = [r["metrics"] for r in runs if r["variant"] == v]
-        keys = [k for k, x in ms[0].items() if isinstance(x, (int, float)) and not isinstance(x, bool)]
+        keys = list(dict.fromkeys(k for m in ms for k, x in m.items()
+                                  if isinstance(x, (int, float)) and not isinstance(x, bool)))
         out[v] = {}
         for k in keys:
-            t = torch.tensor([float(m[k]) for m in ms], dtype=torch.float64)
-            std = float(t.std()) if len(ms) > 1 else 0.0
-            out[v][k] = {"mean": float(t.mean()), "std": std, "n": len(ms)}
+            vals = [float(m[k]) for m in ms if k in m]
+            t = torch.tensor(vals, dtype=torch.float64)
+            std = float(t.std()) if len(vals) > 1 else 0.0
+            out[v][k] = {"mean": float(t.mean()), "std": std, "n": len(vals)}
     return out
 
 
@@ -53,13 +57,24 @@ def _fmt(x, f):
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, f)
 
 
+def _reference_rows(results: dict) -> dict:
+    """The reference rows, the true samples' with the truth's held-out log-likelihood (the exact
+    log-density of the models' held-out points, averaged over seeds like the models' own)."""
+    rows = dict(results["reference"])
+    exact = [r["metrics"]["heldout_ll_exact"] for r in results.get("runs", [])
+             if "heldout_ll_exact" in r.get("metrics", {}) and r["variant"] == "standard"]
+    if exact and "true samples" in rows:
+        rows["true samples"] = {**rows["true samples"], "heldout_ll": sum(exact) / len(exact)}
+    return rows
+
+
 def markdown_table(results: dict) -> str:
     """The study as markdown: main table (mean ± std over seeds), references, baselines, every AT
     arm against them, attack, cost (a results file of an earlier version is read as this one writes it)."""
     results = migrate_results(results)
     cfg, summ = results["config"], results["summary"]
     cols = _columns(results)
-    n = next(iter(summ.values()))[cols[0][0]]["n"]
+    n = max(m["n"] for s in summ.values() for m in s.values() if isinstance(m, dict) and "n" in m)
     corr = cfg["corruption"] + {"inlier": f" p={cfg['p']} s={cfg['s']}",
                                 "offplane": f" p={cfg['p']} s={cfg['s']}",
                                 "outlier": f" q={cfg['q']} ({cfg['outlier']})"}.get(cfg["corruption"], "")
@@ -79,7 +94,7 @@ def markdown_table(results: dict) -> str:
         cells = [f"{_fmt(s[k]['mean'], f)} ± {_fmt(s[k]['std'], f)}" if k in s else "n/a"
                  for k, _, f in cols]
         lines.append(f"| {v} | " + " | ".join(cells) + " |")
-    for name, m in results["reference"].items():
+    for name, m in _reference_rows(results).items():
         lines.append(f"| *{name}* | " + " | ".join(_fmt(m.get(k), f) if k in m else "" for k, _, f in cols) + " |")
     ref = results["reference"]["true samples"]
     lines += ["", f"Memorization radius {ref.get('radius', float('nan')):.4f}; fresh true samples "

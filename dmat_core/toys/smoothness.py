@@ -121,6 +121,14 @@ def validation_points(dist: GaussianMixture, n: int, seed: int = 0) -> Tensor:
     return dist.sample(int(n), torch.Generator().manual_seed(60_000 + seed))
 
 
+def heldout_points(dist: GaussianMixture, n: int, seed: int = 0) -> Tensor:
+    """The `n` held-out points of `dist` that :func:`likelihood_gap` scores a model on (a generator
+    seeded 40 000 + `seed`): the same for every model of a seed, so their log-likelihoods pair."""
+    if int(n) != n or n < 2:
+        raise ValueError(f"n must be an integer >= 2, got {n}")
+    return dist.sample(int(n), torch.Generator().manual_seed(40_000 + seed))
+
+
 def likelihood_gap(D, dist: GaussianMixture, train: Tensor, n: int = 1000, seed: int = 0,
                    sigma_min: float = 0.002, method: str = "auto", n_probe: int = 8,
                    shrink_sigma: float = 0.0) -> dict:
@@ -136,10 +144,7 @@ def likelihood_gap(D, dist: GaussianMixture, train: Tensor, n: int = 1000, seed:
     d > 8 it includes the probes' noise); with `shrink_sigma` > 0, `*_failed` counts the points
     whose preimage was not found (the mean is then NaN).
     """
-    if int(n) != n or n < 2:
-        raise ValueError(f"n must be an integer >= 2, got {n}")
-    g = torch.Generator().manual_seed(40_000 + seed)
-    fresh = dist.sample(int(n), g)
+    fresh = heldout_points(dist, n, seed)
     train = torch.as_tensor(train)[: int(n)]
     out = {}
     for name, pts in (("heldout_ll", fresh), ("train_ll", train)):
@@ -153,4 +158,4 @@ def likelihood_gap(D, dist: GaussianMixture, train: Tensor, n: int = 1000, seed:
 
 
 __all__ = ["jacobian_frobenius", "memorization_rate", "likelihood_gap", "mean_log_likelihood",
-           "validation_points"]
+           "validation_points", "heldout_points"]

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..images.pixels import image_grid
 from .diffusion import LivePlot, grid
 
 
@@ -55,6 +56,16 @@ def class_grid(sets: dict, class_names, per_class: int = 6, seed: int = 0):
         ax.set_xticks([]), ax.set_title(f"{name} ({len(labels):,} images)", fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def show_image_grid(ax, images, nrow: int | None = None) -> np.ndarray:
+    """uint8 (N, H, W, C) images drawn on `ax` as one grid (:func:`~dmat_core.images.pixels.image_grid`,
+    `nrow` per row): RGB as it is, one grey channel in grey levels 0-255 (not a colour map).
+    Row i's centre is at y = (H + 1) i + (H + 1) / 2, column j's at x = (W + 1) j + (W + 1) / 2, for
+    tick labels. Returns the grid."""
+    g = image_grid(images, nrow=nrow)
+    ax.imshow(g[..., 0] if g.shape[-1] == 1 else g, cmap="gray", vmin=0, vmax=255)
+    return g
 
 
 def show_adversarial(model, x, x_adv, y, class_names, n: int = 8, amplify: float | None = None, title: str = ""):
