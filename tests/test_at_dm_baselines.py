@@ -40,8 +40,9 @@ def _measure(preset: str, **kw):
 def test_a_collapsed_model_loses_every_headline_measure():
     """Every measure the summary shows for a ring8 setting, read against its right value as the
     summary reads it (held-out likelihood: below the truth's; SW2 / floor and its value under the
-    strongest attack: higher; the spread: further from 1; off-mode mass, NLL - H and the
-    memorization rate: further from what fresh true samples score), puts the collapsed model
+    strongest attack: higher; the spread: further from 1; off-mode mass and NLL - H: further from
+    what fresh true samples score; the train - held-out likelihood gap: further from the true
+    density's gap; mode switches under the strongest attack: more), puts the collapsed model
     farther from right than the true model."""
     attack = _measure("trajectory-attack", attack_budgets=[0.0, 2.0], attack_restarts=1, attack_iter=5)
     memo = _measure("memorization")

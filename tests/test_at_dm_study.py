@@ -48,8 +48,12 @@ def test_rerun_reuses_trained_models_and_adds_new_arms(tmp_path):
 def test_quick_attack_and_subspace_presets_run(tmp_path):
     res = study.run_study(tmp_path / "a", "trajectory-attack", seeds=1, quick=True, progress=False,
                           variants=("standard",), steps=20, n_eval=200)
-    assert "attack1_off_mode_mass" in res["summary"]["standard"]
-    assert "Trajectory attack" in (tmp_path / "a" / "table.md").read_text()
+    m = res["summary"]["standard"]
+    assert "attack1_off_mode_mass" in m and m["attack0_mode_switch"]["mean"] == 0.0   # budget 0: the same samples
+    assert 0.0 <= m["attack2_mode_switch"]["mean"] <= 1.0
+    table = (tmp_path / "a" / "table.md").read_text()
+    assert "Trajectory attack" in table and "| mode switches | budget 0.25 |" in table
+    assert "| SW2 / floor, attacked - unattacked | budget 0.25 |" in table
     res = study.run_study(tmp_path / "s", "subspace-inlier", seeds=1, quick=True, progress=False,
                           variants=("random",), steps=5, n_eval=200, n_train=300)
     assert "residual_rms" in res["summary"]["random"] and (tmp_path / "s" / "samples.png").is_file()

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from dmat_core.toys.metrics import (manifold_residual, mmd_rbf, mode_stats, nll, sample_metrics, score_error,
+from dmat_core.toys.metrics import (manifold_residual, mmd_rbf, mode_stats, mode_switches, nll, sample_metrics, score_error,
                                     sliced_w2, sw2_noise_floor)
 from dmat_core.toys.mixtures import make_distribution
 
@@ -98,3 +98,18 @@ def test_bad_input(ring):
         sliced_w2(torch.zeros(5, 2), torch.zeros(5, 3))
     with pytest.raises(ValueError, match="sigma > 0"):
         score_error(ring.denoiser, ring, [0.0])
+
+
+def test_mode_switches_count_samples_that_change_mode(ring, xs):
+    x = xs[:800]
+    assert mode_switches(ring, x, x + 0.01) == 0.0                    # moved, in the same mode
+    angle = 2 * math.pi / 8                                           # every sample rotated one mode on
+    rot = torch.tensor([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]], dtype=x.dtype)
+    assert mode_switches(ring, x, x @ rot.T) == 1.0
+    half = torch.cat([x[:400] @ rot.T, x[400:]])
+    assert mode_switches(ring, x, half) == 0.5
+    with pytest.raises(ValueError, match="pairs rows"):
+        mode_switches(ring, x, x[:10])
+    with pytest.raises(ValueError, match="full-rank"):
+        plane = make_distribution("plane3d")
+        mode_switches(plane, plane.sample(5), plane.sample(5))

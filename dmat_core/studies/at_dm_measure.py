@@ -20,7 +20,7 @@ from ..diffusion.losses import ATConfig
 from ..diffusion.samplers import latent_noise
 from ..diffusion.shrinkage import shrinkage_run, stop_at
 from ..toys.corruption import corrupted_distribution
-from ..toys.metrics import sample_metrics, score_error
+from ..toys.metrics import mode_switches, sample_metrics, score_error
 from ..toys.mixtures import GaussianMixture, make_distribution
 from ..toys.nets import data_std
 from ..toys.smoothness import heldout_points, jacobian_frobenius, likelihood_gap, memorization_rate
@@ -64,7 +64,8 @@ def measure_denoiser(D, dist, train, cfg: dict, seed: int, shrink_sigma: float =
     m.pop("mode_weights", None)
     if not dist.full_rank:     # no density at sigma = 0: NLL under the slightly noised density
         m["nll_smoothed"] = float(-dist.log_prob(x, 0.05).mean())
-    m.update(memorization_rate(x, train, dist, seed=seed))
+    spread = m.get("spread_ratio", float("nan"))        # NN ratios also at the samples' own spread
+    m.update(memorization_rate(x, train, dist, seed=seed, spread=spread if spread == spread and spread > 0 else None))
     # the exact held-out likelihood (PF-ODE) and the train/held-out gap, where the exact trace is cheap:
     # in d = 256 one exact denoiser of subspace data alone takes over a minute for 64 points (stiff)
     if uses_likelihood(cfg, dist):
@@ -86,10 +87,12 @@ def measure_denoiser(D, dist, train, cfg: dict, seed: int, shrink_sigma: float =
                                    restarts=cfg["attack_restarts"], seed=seed, sigmas=grid).double()
             ma = sample_metrics(dist, xa, seed=seed, mmd=False, repeats=2)
             ma.pop("mode_weights", None)
+            if dist.full_rank and dist.n_components > 1:     # the same latent, without and with the attack
+                ma["mode_switch"] = mode_switches(dist, x, xa)
             rows.append({"budget": b, **ma})
         extras["attack"] = rows
         for r in rows:
-            for k in ("off_mode_mass", "nll_gap", "sw2_ratio", "residual_rms"):
+            for k in ("off_mode_mass", "nll_gap", "sw2_ratio", "residual_rms", "mode_switch"):
                 if k in r:
                     m[f"attack{r['budget']:g}_{k}"] = r[k]
     return m, extras

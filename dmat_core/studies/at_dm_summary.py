@@ -27,16 +27,23 @@ import numpy as np
 from .at_dm_setup import ARMS, BASELINES, DEFAULT_ARMS, migrate_results
 
 # (preset, key, label, right value). The right value is "1", "0", "low" (a divergence), "exact" (the
-# truth's held-out likelihood) or "truth": the value fresh true samples score.
+# true density's value on the same points: key + "_exact" of the runs) or "truth": the value fresh
+# true samples score.
 KEY_MEASURES = [("clean-ring8", "off_mode_mass", "off-mode mass", "truth"),
                 ("inlier-ring8", "nll_gap", "NLL - H", "truth"),
                 ("inlier-ring8", "off_mode_mass", "off-mode mass", "truth"),
                 ("outliers-ring8", "off_mode_mass", "off-mode mass", "truth"),
                 ("plane3d-offplane", "residual_rms", "residual RMS", "0"),
                 ("subspace-inlier", "residual_rms", "residual RMS", "0"),
-                ("memorization", "mem_rate", "memorization rate", "truth"),
-                # under the strongest attack: a divergence (the damage, attacked - unattacked, is
-                # won by a model whose samples are far from the truth with or without the attack)
+                # memorization, by the train - held-out likelihood gap (its right value: the same gap
+                # under the true density), which narrowing the modes does not win; the tables add the
+                # nearest-training-point ratio against fresh samples of the same spread
+                ("memorization", "ll_gap", "train - held-out log-likelihood", "exact"),
+                # the strongest attack, against the same model and latents unattacked: the share of
+                # samples it moves to another mode (one-sided: read beside the spread and the held-out
+                # likelihood, as every row is), and SW2 / floor under it. The damage to SW2 / floor is in
+                # the tables: an attack that swaps modes leaves the law, hence SW2, almost unchanged
+                ("trajectory-attack", "attack_switch", "mode switches under the strongest attack", "0"),
                 ("trajectory-attack", "attack_sw2", "SW2 / floor under the strongest attack", "low")]
 PROPER = [("heldout_ll", "held-out log-likelihood (PF-ODE)", "exact"), ("sw2_ratio", "SW2 / floor", "low"),
           ("spread_ratio", "spread", "1")]
@@ -55,17 +62,22 @@ def headline_rows(preset: str) -> list:
 
 def run_values(r: dict, arm: str, key: str) -> dict:
     """{seed: value} of one measure for one arm (attack_sw2: SW2 / floor at the largest budget;
-    attack_damage: that minus the unattacked one)."""
+    attack_damage: that minus the same at budget 0, the same model and latents unattacked and
+    measured alike; attack_switch: the share of samples the largest budget moves to another mode)."""
     out = {}
     for run in r["runs"]:
         if run["variant"] != arm:
             continue
         m = run["metrics"]
-        if key in ("attack_sw2", "attack_damage"):
+        if key in ("attack_sw2", "attack_damage", "attack_switch"):
             budgets = sorted(float(k[6:].split("_")[0]) for k in m if k.startswith("attack") and k.endswith("_sw2_ratio"))
             if not budgets:
                 continue
-            v = m[f"attack{budgets[-1]:g}_sw2_ratio"] - (m["sw2_ratio"] if key == "attack_damage" else 0.0)
+            if key == "attack_switch":
+                v = m.get(f"attack{budgets[-1]:g}_mode_switch")
+            else:
+                clean = m.get("attack0_sw2_ratio", m["sw2_ratio"])
+                v = m[f"attack{budgets[-1]:g}_sw2_ratio"] - (clean if key == "attack_damage" else 0.0)
         else:
             v = m.get(key)
         if v is not None:
@@ -77,8 +89,8 @@ def target(r: dict, key: str, right: str) -> float:
     """The right value of a measure in one study (NaN where the study has none)."""
     if right == "truth":
         return float(r["reference"].get("true samples", {}).get(key, float("nan")))
-    if right == "exact":        # the same held-out points under the true density
-        vals = [run["metrics"]["heldout_ll_exact"] for run in r["runs"] if "heldout_ll_exact" in run["metrics"]]
+    if right == "exact":        # the same points under the true density (heldout_ll_exact, ll_gap_exact)
+        vals = [run["metrics"][f"{key}_exact"] for run in r["runs"] if f"{key}_exact" in run["metrics"]]
         return float(np.mean(vals)) if vals else float("nan")
     return 0.0 if right == "low" else float(right)
 

@@ -24,8 +24,11 @@ baselines as horizontal lines, the truth dashed) and `ROOT/sweep_sw2.png` (the s
 The held-out likelihood is the model's (its PF-ODE density at 0.002), so it does not change with
 the sampler's sigma_min; what the sampler draws does (SW2 / floor, the spread, the off-mode mass).
 
-The default arms leave out the invariance ablation (the arm that fails in the 3-seed study; add it
-with --variants). The full sweep is 45 studies of 10 seeds:
+The default arms are random (the simplest explanation of an AT effect: noise, not an attack), the
+paper's adversarial arm and fgsm-at-loss, beside standard training and the three baselines. The
+invariance ablation and adversarial-true-noise run in every preset but not here (add them with
+--variants): each AT arm costs the sweep 150 trainings, each step 3-4x a standard one.
+The full sweep is 45 studies of 10 seeds:
 
     dmat toy at-dm-sweep --out results/at_dm/sweep --seeds 10 --workers 2
     dmat toy at-dm-sweep --out /tmp/sweep --quick           # its quick size: seconds to minutes
@@ -49,7 +52,7 @@ from .at_dm_study import run_study
 from .at_dm_summary import AT_ARMS, LABELS, PROPER, at_verdict, paired, run_values, target
 
 FULL = dict(floors=[0.0, 0.03, 0.06, 0.125, 0.25], noise_stds=[0.0, 0.1, 0.2], sigma_mins=[2e-2, 2e-3, 2e-4],
-            seeds=10, variants=[a for a in DEFAULT_ARMS if a != "invariance"])
+            seeds=10, variants=[a for a in DEFAULT_ARMS if a not in ("invariance", "adversarial-true-noise")])
 # quick: two floors, two sampler ends, tiny models; every part of the sweep runs, in about a minute
 QUICK = dict(floors=[0.0, 0.125], noise_stds=[0.2], sigma_mins=[2e-2, 2e-3], seeds=2,
              variants=["standard", "adversarial", "tweedie-shrinkage", "early-stopping", "ideal-standard"])
@@ -246,7 +249,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--noise-stds", type=float, nargs="+", help="inlier noise std s (default: 0 0.1 0.2)")
     p.add_argument("--sigma-mins", type=float, nargs="+", help="sampler sigma_min (default: 0.02 0.002 0.0002)")
     p.add_argument("--variants", nargs="+", choices=list(ARMS) + list(BASELINES), metavar="ARM",
-                   help="arms and baselines (default: every arm but invariance, and the three baselines)")
+                   help="arms and baselines (default: standard, random, adversarial, fgsm-at-loss and the three "
+                   "baselines)")
     p.add_argument("--cache", default=None, help="the shared cache of models and runs (default: OUT/cache)")
     p.add_argument("--fresh", action="store_true", help="recompute what the study folders hold (the cache "
                    "is still read)")

@@ -95,6 +95,27 @@ def mmd_rbf(x: Tensor, y: Tensor, bandwidth: float | None = None, max_points: in
                  + (kyy.sum() - kyy.diagonal().sum()) / (n * (n - 1)) - 2 * k(x, y).mean())
 
 
+def nearest_mode(dist: GaussianMixture, x: Tensor) -> tuple[Tensor, Tensor]:
+    """(distance, index) of each sample's nearest component of a mixture of full-rank components,
+    by Mahalanobis distance in that component's standard deviations."""
+    if not dist.full_rank:
+        raise ValueError(f"{dist.name}: mode statistics need full-rank components")
+    x = _as2d(x, dist.dim)
+    prec = torch.linalg.inv(dist.covariances())                   # (K, d, d)
+    v = x[:, None, :] - dist.means[None]                          # (n, K, d)
+    return torch.einsum("nkd,kde,nke->nk", v, prec, v).sqrt().min(1)
+
+
+def mode_switches(dist: GaussianMixture, x: Tensor, y: Tensor) -> float:
+    """Share of paired samples (row i of `x` and of `y`, e.g. one latent sampled without and with
+    an attack) whose nearest component differs: how often a perturbation changes *which* mode a
+    sample lands in, a count that shrinking every mode to its centre does not lower by itself."""
+    x, y = _as2d(x, dist.dim), _as2d(y, dist.dim)
+    if x.shape != y.shape:
+        raise ValueError(f"mode_switches pairs rows: got shapes {tuple(x.shape)} and {tuple(y.shape)}")
+    return float((nearest_mode(dist, x)[1] != nearest_mode(dist, y)[1]).double().mean())
+
+
 def mode_stats(dist: GaussianMixture, x: Tensor, n_std: float = 3.0, min_share: float = 0.1) -> dict:
     """Mode-level summary of samples from a mixture of full-rank components.
 
@@ -105,14 +126,9 @@ def mode_stats(dist: GaussianMixture, x: Tensor, n_std: float = 3.0, min_share: 
     samples per mode) with `weight_error` (max |share - w_k|), and `spread_ratio` (per-mode
     RMS distance to the mean over its true value, mean over covered modes; 1 is right).
     """
-    if not dist.full_rank:
-        raise ValueError(f"{dist.name}: mode statistics need full-rank components")
     x = _as2d(x, dist.dim)
     covs = dist.covariances()                                     # (K, d, d)
-    prec = torch.linalg.inv(covs)
-    v = x[:, None, :] - dist.means[None]                          # (n, K, d)
-    maha = torch.einsum("nkd,kde,nke->nk", v, prec, v).sqrt()     # (n, K)
-    dmin, k = maha.min(1)
+    dmin, k = nearest_mode(dist, x)
     inside = dmin < n_std
     counts = torch.bincount(k[inside], minlength=dist.n_components).to(torch.float64)
     share = counts / counts.sum().clamp_min(1)

@@ -64,7 +64,7 @@ def _nearest(a: Tensor, b: Tensor, chunk: int = 512) -> Tensor:
 
 
 def memorization_rate(samples: Tensor, train: Tensor, dist: GaussianMixture | None = None,
-                      radius: float | None = None, seed: int = 0) -> dict:
+                      radius: float | None = None, seed: int = 0, spread: float | None = None) -> dict:
     """Share of samples closer than `radius` to some training point (Euclidean), beside the same
     share for as many fresh true samples of `dist` (what an honest generator scores).
 
@@ -72,6 +72,13 @@ def memorization_rate(samples: Tensor, train: Tensor, dist: GaussianMixture | No
     training point (needs `dist`). Returns `mem_rate`, `mem_rate_fresh`, `radius`, and
     `nn_ratio` (median over samples of nearest-training distance over that of fresh samples; far
     below 1 means copies).
+
+    Both fall for a model that only narrows its modes, without copying anything. `spread` (the
+    samples' spread ratio, :func:`~dmat_core.toys.metrics.mode_stats`; needs a mixture of full-rank
+    components) adds the same two numbers at matched spread: the fresh samples pulled towards their
+    own component's mean to that spread, `x -> m_k + spread (x - m_k)`, score `mem_rate_matched_fresh`,
+    and `nn_ratio_matched` divides by their median distance instead (1: as far from the training
+    points as an honest generator of the same spread; far below 1: copies).
     """
     samples = torch.as_tensor(samples).to(torch.float64)
     train = torch.as_tensor(train).to(torch.float64)
@@ -83,6 +90,16 @@ def memorization_rate(samples: Tensor, train: Tensor, dist: GaussianMixture | No
         radius = float(nn_f.median() / 3) if radius is None else float(radius)
         out["mem_rate_fresh"] = float((nn_f < radius).double().mean())
         out["nn_ratio"] = float(nn_s.median() / nn_f.median())
+        if spread is not None:
+            if not (dist.full_rank and math.isfinite(spread) and spread > 0):
+                raise ValueError(f"matched spread needs a mixture of full-rank components and a spread "
+                                 f"> 0, got {dist.name} and {spread}")
+            g = torch.Generator().manual_seed(30_000 + seed)     # the same fresh points, with their modes
+            fresh, comp = dist.sample(samples.shape[0], g, return_components=True)
+            centre = dist.means[comp].to(torch.float64)
+            nn_m = _nearest(centre + spread * (fresh.to(torch.float64) - centre), train)
+            out["nn_ratio_matched"] = float(nn_s.median() / nn_m.median())
+            out["mem_rate_matched_fresh"] = float((nn_m < radius).double().mean())
     elif radius is None:
         raise ValueError("give a radius, or the distribution to derive one")
     if radius <= 0:
@@ -140,7 +157,8 @@ def likelihood_gap(D, dist: GaussianMixture, train: Tensor, n: int = 1000, seed:
     model that shrinks its modes or copies its training set scores lower than the truth
     (`heldout_ll_exact`, the same points under `dist` at `sigma_min`). `ll_gap` = `train_ll` -
     `heldout_ll`: about 0 for a model that generalises, large for one that memorised its training
-    points. Each mean has its standard error over points (`*_se`; with Hutchinson's estimate in
+    points; `ll_gap_exact`, the same gap under `dist`, is its right value (only sampling noise, and the
+    corruption's effect on the training points). Each mean has its standard error over points (`*_se`; with Hutchinson's estimate in
     d > 8 it includes the probes' noise); with `shrink_sigma` > 0, `*_failed` counts the points
     whose preimage was not found (the mean is then NaN).
     """
@@ -154,6 +172,7 @@ def likelihood_gap(D, dist: GaussianMixture, train: Tensor, n: int = 1000, seed:
             out[f"{name}_failed"] = r["failed"]
     out["heldout_ll_exact"] = float(dist.log_prob(fresh.double(), sigma_min).mean())
     out["ll_gap"] = out["train_ll"] - out["heldout_ll"]
+    out["ll_gap_exact"] = float(dist.log_prob(train.double(), sigma_min).mean()) - out["heldout_ll_exact"]
     return out
 
 
