@@ -12,7 +12,8 @@ from dmat_core.studies import at_dm_study as study
 from dmat_core.studies.at_dm_baselines import choose_snapshot, ideal_standard, tune_shrinkage
 from dmat_core.studies.at_dm_measure import ExactDenoiser, measure_denoiser
 from dmat_core.studies.at_dm_setup import migrate_results, study_config, training_set
-from dmat_core.studies.at_dm_summary import KEY_MEASURES, at_verdict, headline_rows, run_values, summary_table, target
+from dmat_core.studies.at_dm_summary import (KEY_MEASURES, at_verdict, findings_table, headline_rows, run_values,
+                                             summary_table, target)
 from dmat_core.toys.metrics import sample_metrics
 from dmat_core.toys.mixtures import ring8
 from dmat_core.toys.nets import data_std
@@ -97,6 +98,14 @@ def test_at_works_only_where_it_beats_every_baseline(tmp_path):
     assert "**AT works** (" in table and "in: clean-ring8 (held-out log-likelihood (PF-ODE))" in table
     row = next(line for line in table.splitlines() if "held-out log-likelihood" in line)
     assert "| yes: adversarial beats all (tweedie-shrinkage by -0.100" in row
+    rows = findings_table(tmp_path).splitlines()
+    assert len(rows) == 3 and rows[2].startswith("| clean-ring8 (5 seeds) | held-out log-likelihood (PF-ODE) (0.000) "
+                                                 "| adversarial | -0.300 ± 0.014 | -0.700 ± 0.007 (closer) ")
+    assert "| (a) tweedie-shrinkage: -0.100 ± 0.007 (closer) | **yes** |" in rows[2]
+
+    _synthetic(tmp_path, at_ll=-0.39, shrink_ll=-0.4)                 # within noise of the shrinkage baseline
+    row = findings_table(tmp_path).splitlines()[2]
+    assert "(a) tweedie-shrinkage: -0.010 ± 0.007 (no difference shown) | no |" in row
 
 
 def test_results_of_before_the_rename_read_as_the_new_arm():
@@ -133,7 +142,8 @@ def test_baselines_off_are_the_standard_model_and_cached_work_is_reused(tmp_path
     """At sigma_s = 0 the shrinkage baseline is the standard model: the same samples and the same
     numbers, bit for bit. A second study with another budget floor takes standard training and every
     baseline from the cache (no model trained, numbers identical); one with another sampler sigma_min
-    trains nothing."""
+    trains nothing and computes no likelihood and no tuned knob again (they are the model's), with the
+    numbers of a study run without any cache; a cached value of other settings is refused."""
     cache = tmp_path / "cache"
     arms = ("standard", "adversarial", "tweedie-shrinkage", "early-stopping", "ideal-standard")
     first = study.run_study(tmp_path / "a", "inlier-ring8", seeds=2, variants=arms, shrink_sigmas=[0.0],
@@ -159,11 +169,30 @@ def test_baselines_off_are_the_standard_model_and_cached_work_is_reused(tmp_path
         assert json.dumps(second["summary"][a]) == json.dumps(first["summary"][a])
     assert second["at"]["standard"]["r_min"] == 0.06                   # each folder's own options
     trained.clear()
+    from dmat_core.studies import at_dm_measure
+    counted = {"likelihood_gap": [], "tune_shrinkage": [], "choose_snapshot": []}
+    for mod, name in ((at_dm_measure, "likelihood_gap"), (study, "tune_shrinkage"), (study, "choose_snapshot")):
+        real = getattr(mod, name)
+        monkeypatch.setattr(mod, name, lambda *a, _r=real, _n=name, **k: counted[_n].append(1) or _r(*a, **k))
     third = study.run_study(tmp_path / "c", "inlier-ring8", seeds=2, variants=arms, shrink_sigmas=[0.0],
                             cache=cache, sampler_sigma_min=0.02, **TINY)
     assert not trained and third["meta"]["computed"] == 10
+    assert not any(counted.values())          # likelihoods and tuned knobs: the model's, read from the cache
     assert third["summary"]["standard"]["sw2_ratio"] != first["summary"]["standard"]["sw2_ratio"]
     assert third["summary"]["standard"]["heldout_ll"] == first["summary"]["standard"]["heldout_ll"]
+    fresh = study.run_study(tmp_path / "d", "inlier-ring8", seeds=2, variants=arms, shrink_sigmas=[0.0],
+                            sampler_sigma_min=0.02, **TINY)        # no cache: everything computed again
+    assert len(counted["likelihood_gap"]) == 10 + 2 and len(counted["tune_shrinkage"]) == 2   # + 2 reference rows
+    timing = ("train_seconds", "ms_per_step")                  # trained again here: only the clock differs
+    strip = lambda r: json.dumps({a: {k: v for k, v in m.items() if k not in timing} for a, m in r["summary"].items()},
+                                 sort_keys=True)           # NaN too
+    assert strip(fresh) == strip(third)
+    value = next(p for p in (cache / "values").glob("*.json")              # the standard model's tuned knob
+                 if json.loads(p.read_text())["settings"].get("measure") == "tune_shrinkage")
+    value.write_text(value.read_text().replace('"seed": 0', '"seed": 7').replace('"seed": 1', '"seed": 7'))
+    with pytest.raises(ValueError, match="other settings than its name says"):
+        study.run_study(tmp_path / "e", "inlier-ring8", seeds=2, variants=arms, shrink_sigmas=[0.0],
+                        cache=cache, sampler_sigma_min=0.005, **TINY)
 
 
 def test_a_cache_file_of_another_kind_is_refused_before_any_work(tmp_path):

@@ -13,7 +13,12 @@ Every file is keyed by exactly what it depends on:
     models/<key>-step<k>.pt  the EMA snapshot at step k of the same run (standard training);
     runs/<key>.json          one measured arm of one seed, {"format": "dmat-at-dm-run/1",
                              "settings": ..., "run": ...}: settings = everything in the
-                             configuration a measurement depends on, the arm, the seed, its AT options.
+                             configuration a measurement depends on, the arm, the seed, its AT options;
+    values/<key>.json        one measurement of a model that does not depend on how it is sampled (its
+                             exact likelihoods, a baseline's tuned knob), {"format":
+                             "dmat-at-dm-value/1", "settings": ..., "value": ...}: settings = the
+                             model's, the measurement's name and what it reads (:func:`memo`). A sweep
+                             over the sampler's sigma_min computes each of them once, not once per sigma_min.
 
 A key is the first 20 hex digits of the SHA-256 of the settings as sorted JSON; each file holds its
 settings too, and a file at a key whose settings or kind are not what the key says is refused in
@@ -34,6 +39,7 @@ from ..common.settings import SettingsError, read_json_file
 from ..toys.nets import TOY_RUN_FORMAT, load_toy_run, save_toy_run
 
 RUN_FORMAT = "dmat-at-dm-run/1"
+VALUE_FORMAT = "dmat-at-dm-value/1"
 TRAIN_KEYS = ("dist", "dist_kw", "corruption", "p", "s", "q", "outlier", "width", "depth", "lr", "ema",
               "P_mean", "P_std", "n_train", "steps", "batch")
 NOT_MEASURED = ("cost_steps", "preset", "size")            # no run depends on these
@@ -130,6 +136,32 @@ def save_run(cache, settings: dict, run: dict) -> None:
                                        default=float) + "\n")
 
 
+def memo(cache, settings: dict, compute):
+    """compute() (a JSON-able value: numbers, lists, dicts), read from values/<key>.json when it is
+    there for exactly these settings, else computed and written atomically. No cache: computed.
+    ValueError naming the file if it is of another kind or other settings."""
+    if cache is None:
+        return compute()
+    path = Path(cache) / "values" / f"{key(settings)}.json"
+    if path.exists():
+        try:
+            d = read_json_file(path, "cached value")
+        except SettingsError as e:
+            raise ValueError(f"{e}; move it away or use another --cache") from None
+        if d.get("format") != VALUE_FORMAT or "value" not in d:
+            raise ValueError(f"{path}: not a cached value of at-dm-study (format {d.get('format')!r}, "
+                             f"expected {VALUE_FORMAT!r}); move it away or use another --cache")
+        if d.get("settings") != _plain(settings):
+            raise ValueError(f"{path}: a cached value of other settings than its name says; "
+                             "the cache was changed by hand: move it away or use another --cache")
+        return d["value"]
+    value = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps({"format": VALUE_FORMAT, "settings": _plain(settings), "value": value},
+                                       default=float) + "\n")
+    return json.loads(json.dumps(value, default=float))        # as a later read returns it
+
+
 def check_cache(cache, models=(), runs=()) -> None:
     """Before any work: the cache is a folder (or absent), and every file the study would read (the
     models `models`: [(settings, step or None)], the runs `runs`: [settings]) that is there is of
@@ -146,4 +178,4 @@ def check_cache(cache, models=(), runs=()) -> None:
 
 
 __all__ = ["effective_at", "model_settings", "run_settings", "key", "load_model", "save_model",
-           "load_run", "save_run", "check_cache", "TRAIN_KEYS"]
+           "load_run", "save_run", "memo", "check_cache", "TRAIN_KEYS"]

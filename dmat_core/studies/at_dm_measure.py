@@ -25,6 +25,7 @@ from ..toys.mixtures import GaussianMixture, make_distribution
 from ..toys.nets import data_std
 from ..toys.smoothness import heldout_points, jacobian_frobenius, likelihood_gap, memorization_rate
 from ..toys.train import make_toy_model, train_toy
+from . import at_dm_cache as cache_io
 from .at_dm_setup import ARMS, project_2d, training_set
 
 JAC_SIGMAS = [0.01, 0.05, 0.2, 1.0]
@@ -50,11 +51,14 @@ def uses_likelihood(cfg: dict, dist: GaussianMixture) -> bool:
     return bool(cfg.get("ll_n")) and dist.dim <= 8
 
 
-def measure_denoiser(D, dist, train, cfg: dict, seed: int, shrink_sigma: float = 0.0) -> tuple[dict, dict]:
+def measure_denoiser(D, dist, train, cfg: dict, seed: int, shrink_sigma: float = 0.0,
+                     memo=None) -> tuple[dict, dict]:
     """Every measure of one model, sampled with Heun down to `sampler_sigma_min` (stopped at
     `shrink_sigma` > 0 and finished with D(x, shrink_sigma): baseline (a)); returns (metrics,
     extras with samples and per-sigma rows). The Jacobian and the denoiser error are the denoiser's
-    own (the same for every sampler)."""
+    own (the same for every sampler), and so are the exact likelihoods: `memo(name, settings,
+    compute)`, if given, may return them from a cache keyed by this model and `settings`
+    (:func:`~dmat_core.studies.at_dm_cache.memo`) instead of computing them again."""
     sd = float(getattr(D, "sigma_data", 1.0))
     latents = latent_noise(cfg["n_eval"], dist.dim, torch.Generator().manual_seed(5000 + seed))
     grid = sampler_grid(cfg, shrink_sigma)
@@ -69,8 +73,10 @@ def measure_denoiser(D, dist, train, cfg: dict, seed: int, shrink_sigma: float =
     # the exact held-out likelihood (PF-ODE) and the train/held-out gap, where the exact trace is cheap:
     # in d = 256 one exact denoiser of subspace data alone takes over a minute for 64 points (stiff)
     if uses_likelihood(cfg, dist):
-        m.update(likelihood_gap(D, dist, train, n=cfg["ll_n"], seed=seed, n_probe=cfg["ll_probe"],
-                                sigma_min=LL_SIGMA_MIN, shrink_sigma=shrink_sigma))
+        ll = lambda: likelihood_gap(D, dist, train, n=cfg["ll_n"], seed=seed, n_probe=cfg["ll_probe"],  # noqa: E731
+                                    sigma_min=LL_SIGMA_MIN, shrink_sigma=shrink_sigma)
+        m.update(ll() if memo is None else memo("likelihood_gap", {
+            "ll_n": cfg["ll_n"], "ll_probe": cfg["ll_probe"], "sigma_min": LL_SIGMA_MIN, "shrink_sigma": shrink_sigma}, ll))
     m.update(trajectory_stats(traj, grid, sigma_max=sd))
     jac = jacobian_frobenius(D, dist, JAC_SIGMAS, n=cfg["jac_n"], seed=seed)
     err = score_error(D, dist, SCORE_SIGMAS, n=1024, seed=seed)
@@ -96,6 +102,18 @@ def measure_denoiser(D, dist, train, cfg: dict, seed: int, shrink_sigma: float =
                 if k in r:
                     m[f"attack{r['budget']:g}_{k}"] = r[k]
     return m, extras
+
+
+def model_memo(cache, cfg: dict, dist, model: dict):
+    """memo(name, settings, compute) for the measurements of one model that do not depend on how it
+    is sampled (:func:`~dmat_core.studies.at_dm_cache.memo`; `model`: the model's settings), or None
+    without a cache. What a baseline tunes on validation *samples* (no likelihood: d > 8) depends on
+    the sampler too, so its key then holds the sampler's settings."""
+    if cache is None:
+        return None
+    sampler = {} if uses_likelihood(cfg, dist) else {k: cfg[k] for k in ("sampler_steps", "sampler_sigma_min")}
+    return lambda name, settings, compute: cache_io.memo(cache, {**model, "measure": name, **settings, **sampler},
+                                                         compute)
 
 
 class ExactDenoiser:
@@ -131,9 +149,10 @@ def measure_cost(cfg: dict, arms, at: dict, rounds: int = 5, steps: int | None =
     return {a: min(t) for a, t in times.items()}
 
 
-def reference_rows(cfg: dict, seed: int = 0) -> dict:
+def reference_rows(cfg: dict, seed: int = 0, cache=None) -> dict:
     """What fresh true samples, and the training set itself, score under the same metrics; and
-    the ideal models of :func:`ideal_models`, measured like the trained ones."""
+    the ideal models of :func:`ideal_models`, measured like the trained ones (their likelihoods
+    read from `cache` where it holds them: :func:`model_memo`)."""
     dist, x, mask = training_set(cfg, seed)
     g = torch.Generator().manual_seed(99_000 + seed)
     fresh = dist.sample(cfg["n_eval"], g)
@@ -151,7 +170,9 @@ def reference_rows(cfg: dict, seed: int = 0) -> dict:
         out[name] = m
     out["training set"]["corrupted_share"] = float(mask.double().mean())
     for name, ideal in ideal_models(dist, x, cfg).items():
-        m, _ = measure_denoiser(ExactDenoiser(ideal, data_std(x)), dist, x, cfg, seed)
+        model = {"model": name, **{k: cfg[k] for k in cache_io.TRAIN_KEYS}, "seed": seed}
+        m, _ = measure_denoiser(ExactDenoiser(ideal, data_std(x)), dist, x, cfg, seed,
+                                memo=model_memo(cache, cfg, dist, model))
         out[name] = m
     return out
 
@@ -173,4 +194,4 @@ def ideal_models(dist, x, cfg: dict) -> dict:
 
 
 __all__ = ["sampler_grid", "sample_trajectory", "uses_likelihood", "measure_denoiser", "ExactDenoiser",
-           "measure_cost", "reference_rows", "ideal_models", "JAC_SIGMAS", "SCORE_SIGMAS"]
+           "measure_cost", "reference_rows", "ideal_models", "model_memo", "JAC_SIGMAS", "SCORE_SIGMAS"]

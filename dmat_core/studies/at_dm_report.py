@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .at_dm_setup import ARMS, BASELINES, migrate_results, project_2d, study_config, training_set
-from .at_dm_summary import KEY_MEASURES, PROPER, summary_table, verdict_table  # noqa: F401 (re-exported)
+from .at_dm_summary import KEY_MEASURES, PROPER, findings_table, summary_table, verdict_table  # noqa: F401 (re-exported)
 
 # (key, header, format) of the main table, for mixtures of full-rank modes and for subspace data
 COLUMNS_MODES = [("heldout_ll", "held-out LL", "+.3f"), ("off_mode_mass", "off-mode mass", ".4f"),
@@ -75,7 +75,8 @@ def markdown_table(results: dict) -> str:
     arm against them, attack, cost (a results file of an earlier version is read as this one writes it)."""
     results = migrate_results(results)
     cfg, summ = results["config"], results["summary"]
-    cols = _columns(results)
+    refs = _reference_rows(results)          # a column no model and no reference row has is left out
+    cols = [c for c in _columns(results) if any(c[0] in m for m in [*summ.values(), *refs.values()])]
     n = max(m["n"] for s in summ.values() for m in s.values() if isinstance(m, dict) and "n" in m)
     corr = cfg["corruption"] + {"inlier": f" p={cfg['p']} s={cfg['s']}",
                                 "offplane": f" p={cfg['p']} s={cfg['s']}",
@@ -93,10 +94,10 @@ def markdown_table(results: dict) -> str:
     lines += ["| model | " + " | ".join(h for _, h, _ in cols) + " |",
               "|---" * (len(cols) + 1) + "|"]
     for v, s in summ.items():
-        cells = [f"{_fmt(s[k]['mean'], f)} ± {_fmt(s[k]['std'], f)}" if k in s else "n/a"
+        cells = [f"{_fmt(s[k]['mean'], f)} ± {_fmt(s[k]['std'], f.lstrip('+'))}" if k in s else "n/a"
                  for k, _, f in cols]
         lines.append(f"| {v} | " + " | ".join(cells) + " |")
-    for name, m in _reference_rows(results).items():
+    for name, m in refs.items():
         lines.append(f"| *{name}* | " + " | ".join(_fmt(m.get(k), f) if k in m else "" for k, _, f in cols) + " |")
     ref = results["reference"]["true samples"]
     lines += ["", f"Memorization radius {ref.get('radius', float('nan')):.4f}; fresh true samples "
@@ -309,7 +310,7 @@ def record_tuning(run_dirs, out: str | Path) -> str:
 
 
 if __name__ == "__main__":
-    # python -m dmat_core.studies.at_dm_report summary results/at_dm
+    # python -m dmat_core.studies.at_dm_report summary results/at_dm    (summary.md and findings.md)
     # python -m dmat_core.studies.at_dm_report tuning results/at_dm/tuning RUN_DIR...
     import sys
 
@@ -318,6 +319,7 @@ if __name__ == "__main__":
     if cmd == "summary":
         table = summary_table(out)
         atomic_write_text(Path(out) / "summary.md", table + "\n")
+        atomic_write_text(Path(out) / "findings.md", findings_table(out) + "\n")
         print(table)
     elif cmd == "tuning":
         print(record_tuning(dirs, out))

@@ -43,7 +43,8 @@ from ..toys.nets import data_std
 from ..toys.train import fit_toy_snapshots, make_toy_model
 from . import at_dm_cache as cache_io
 from .at_dm_baselines import choose_snapshot, ideal_standard, tune_shrinkage
-from .at_dm_measure import ExactDenoiser, measure_cost, measure_denoiser, reference_rows  # noqa: F401 (notebooks import them here)
+from .at_dm_measure import (ExactDenoiser, measure_cost, measure_denoiser, model_memo,  # noqa: F401 (notebooks
+                             reference_rows)                                            # import them here)
 from .at_dm_report import markdown_table, plot_study, summarize
 from .at_dm_setup import (ARMS, BASELINES, DEFAULT_ARMS, LEGACY_ARMS, PRESETS, STANDARD_GROUP, ATOptions,
                           arm_name, migrate_results, snapshot_steps, study_config, training_set)
@@ -107,7 +108,9 @@ def _train_and_evaluate(job: dict) -> list[dict]:
     todo = [a for a in job["arms"] if a not in runs]
     if todo == ["ideal-standard"]:
         D = ExactDenoiser(ideal_standard(dist, cfg), data_std(x))
-        m, ex = measure_denoiser(D, dist, x, cfg, seed)
+        ideal = {"model": "exact denoiser of the training distribution",      # as in reference_rows
+                 **{k: cfg[k] for k in cache_io.TRAIN_KEYS}, "seed": seed}
+        m, ex = measure_denoiser(D, dist, x, cfg, seed, memo=model_memo(cache, cfg, dist, ideal))
         m.update(train_seconds=0.0, ms_per_step=0.0)
         runs["ideal-standard"] = _run(seed, "ideal-standard", job["at"]["ideal-standard"], m, ex, [],
                                       baseline={"model": BASELINES["ideal-standard"]})
@@ -117,21 +120,29 @@ def _train_and_evaluate(job: dict) -> list[dict]:
         D, hist, secs, snaps = _train(job, dist, x, todo[0], "early-stopping" in todo)
         D.eval()
         timing = dict(train_seconds=secs, ms_per_step=1000 * secs / cfg["steps"])
+        ms = cache_io.model_settings(cfg, seed, job["at"][todo[0]])
+        memo = model_memo(cache, cfg, dist, ms)
+        tune = {k: cfg[k] for k in ("tune_n", "ll_probe")}
         for a in todo:
             if a == "tweedie-shrinkage":
-                sigma_s, rows = tune_shrinkage(D, dist, cfg, seed)
-                m, ex = measure_denoiser(D, dist, x, cfg, seed, shrink_sigma=sigma_s)
+                pick = lambda: list(tune_shrinkage(D, dist, cfg, seed))     # noqa: E731
+                sigma_s, rows = pick() if memo is None else memo(
+                    "tune_shrinkage", {**tune, "shrink_sigmas": sorted(cfg["shrink_sigmas"])}, pick)
+                m, ex = measure_denoiser(D, dist, x, cfg, seed, shrink_sigma=sigma_s, memo=memo)
                 m.update(shrink_sigma=sigma_s, **timing)
                 runs[a] = _run(seed, a, job["at"][a], m, ex, hist, baseline={"sigma_s": sigma_s, "tuning": rows})
             elif a == "early-stopping":
                 models = {**snaps, cfg["steps"]: D}
-                step, rows = choose_snapshot(models, dist, cfg, seed)
-                m, ex = measure_denoiser(models[step], dist, x, cfg, seed)
+                pick = lambda: list(choose_snapshot(models, dist, cfg, seed))  # noqa: E731
+                step, rows = pick() if memo is None else memo(
+                    "choose_snapshot", {**tune, "steps_compared": sorted(models)}, pick)
+                at_step = ms if step == cfg["steps"] else {**ms, "snapshot_step": step}
+                m, ex = measure_denoiser(models[step], dist, x, cfg, seed, memo=model_memo(cache, cfg, dist, at_step))
                 m.update(stop_step=step, **timing)
                 runs[a] = _run(seed, a, job["at"][a], m, ex, [h for h in hist if h["step"] <= step],
                                baseline={"step": step, "selection": rows})
             else:
-                m, ex = measure_denoiser(D, dist, x, cfg, seed)
+                m, ex = measure_denoiser(D, dist, x, cfg, seed, memo=memo)
                 m.update(**timing)
                 runs[a] = _run(seed, a, job["at"][a], m, ex, hist)
             if cache is not None:
@@ -259,7 +270,7 @@ def run_study(out: str | Path, preset: str | None = None, seeds: int = 3, quick:
     results = {"meta": {"torch": torch.__version__, "threads_per_model": 1, "workers": workers,
                         "seconds": time.perf_counter() - t0, "seeds": seeds, "computed": computed,
                         "from_cache": cached, "reused": len(runs) - computed - cached},
-               "config": cfg, "at": at_cfg, "cost": _cost(cfg, variants, at), "reference": reference_rows(cfg, 0),
+               "config": cfg, "at": at_cfg, "cost": _cost(cfg, variants, at), "reference": reference_rows(cfg, 0, cache),
                "baselines": {b: BASELINES[b] for b in variants if b in BASELINES},
                "summary": summarize(runs, variants),
                "runs": [{k: v for k, v in r.items() if k != "view"} for r in runs]}
