@@ -19,8 +19,9 @@ Then `ROOT/sweep.json`, `ROOT/sweep.md` (per setting: the held-out log-likelihoo
 every arm and baseline, mean ± standard error over seeds, and whether an AT arm beats standard
 training and every baseline beyond two paired standard errors;
 :func:`~dmat_core.studies.at_dm_summary.at_verdict`), `ROOT/sweep.png` (held-out log-likelihood
-against the floor, one panel per (s, sigma_min), one line per AT arm, standard training and the
-baselines as horizontal lines, the truth dashed) and `ROOT/sweep_sw2.png` (the same for SW2 / floor).
+against the floor, one panel per noise std s, one line per AT arm, standard training and the
+baselines as horizontal lines, the truth dashed) and `ROOT/sweep_sw2.png` (the same for SW2 / floor,
+one panel per (s, sigma_min)).
 The held-out likelihood is the model's (its PF-ODE density at 0.002), so it does not change with
 the sampler's sigma_min; what the sampler draws does (SW2 / floor, the spread, the off-mode mass).
 
@@ -188,7 +189,8 @@ def sweep_table(result: dict, key: str = "heldout_ll") -> str:
 
 
 def plot_sweep(result: dict, path: Path, key: str = "heldout_ll") -> None:
-    """A proper measure (`heldout_ll`, or `sw2_ratio`) against the floor: one panel per (s, sigma_min),
+    """A proper measure (`heldout_ll`, or `sw2_ratio`) against the floor: one panel per (s, sigma_min)
+    (per s for the held-out likelihood, which the sampler does not change),
     a line per AT arm (error bars: standard errors over seeds), standard training and the baselines
     as horizontal lines (they do not depend on the floor), the right value dashed."""
     import matplotlib
@@ -197,6 +199,9 @@ def plot_sweep(result: dict, path: Path, key: str = "heldout_ll") -> None:
     rows = result["rows"]
     if not any(key in r for r in rows):
         return
+    if key == "heldout_ll":      # the model's density: the same at every sampler sigma_min, one panel per s
+        first = rows[0]["sigma_min"]
+        rows = [r for r in rows if r["sigma_min"] == first]
     panels = list(dict.fromkeys((r["s"], r["sigma_min"]) for r in rows))
     s_vals = list(dict.fromkeys(p[0] for p in panels))
     sm_vals = list(dict.fromkeys(p[1] for p in panels))
@@ -221,7 +226,8 @@ def plot_sweep(result: dict, path: Path, key: str = "heldout_ll") -> None:
                 a.axhline(float(np.mean(vals)), color=c, ls=ls, lw=1.2, label=LABELS.get(arm, arm))
         a.axhline(float(np.mean([r[key]["right"] for r in sel])), color="tab:green", ls="--", lw=1,
                   label="truth" if key == "heldout_ll" else "ideal")
-        a.set_title(f"noise s = {s:g}, sampler sigma_min = {sm:g}", fontsize=9)
+        a.set_title(f"noise s = {s:g}" + (", any sampler sigma_min" if key == "heldout_ll" else
+                                          f", sampler sigma_min = {sm:g}"), fontsize=9)
         a.set_xlabel("AT budget floor r_min (x data std)")
         a.set_ylabel(dict((k, lab) for k, lab, _ in PROPER)[key], fontsize=8)
     ax[0, 0].legend(fontsize=6)
