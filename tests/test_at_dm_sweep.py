@@ -40,7 +40,7 @@ def test_quick_sweep_end_to_end(tmp_path, monkeypatch):
     sc = sweep.sweep_config(True, floors=[0.0, 0.25], sigma_mins=[0.002],
                             variants=["standard", "adversarial", "tweedie-shrinkage", "ideal-standard"])
     res = sweep.run_sweep(tmp_path, sc, progress=False)
-    for f in ("sweep.json", "sweep.md", "sweep.png", "sweep_sw2.png", "s0.2/smin0.002/floor0/results.json",
+    for f in ("sweep.json", "sweep.md", "findings.md", "sweep.png", "sweep_sw2.png", "s0.2/smin0.002/floor0/results.json",
               "s0.2/smin0.002/floor0.25/table.md"):
         assert (tmp_path / f).is_file(), f
     rows = json.loads((tmp_path / "sweep.json").read_text())["rows"]
@@ -52,6 +52,19 @@ def test_quick_sweep_end_to_end(tmp_path, monkeypatch):
     assert rows[0]["heldout_ll"]["verdict"]["arm"] == "adversarial"
     table = (tmp_path / "sweep.md").read_text()
     assert "| s | sigma_min | floor | right |" in table and "(a) tweedie-shrinkage" in table and "SW2 / floor" in table
+    # the findings agree with the study folder they are read from, arm by arm
+    from dmat_core.studies.at_dm_summary import arm_verdict, paired_cell
+    first = json.loads((tmp_path / "s0.2/smin0.002/floor0/results.json").read_text())
+    v = arm_verdict(first, "adversarial", "heldout_ll", "exact")
+    found = (tmp_path / "findings.md").read_text()
+    assert f"| 0.2 | 0 | {rows[0]['heldout_ll']['right']:.3f} | adversarial | {v['mean']:.3f} ± {v['se']:.3f} | " \
+           f"{paired_cell(v['vs_standard'])} |" in found
+    assert "| s | sigma_min | floor | adversarial |" in found
+    before = found
+    (tmp_path / "findings.md").unlink()
+    (tmp_path / "sweep.png").unlink()
+    sweep.render(tmp_path)                                              # again from the files, nothing run
+    assert (tmp_path / "findings.md").read_text() == before and (tmp_path / "sweep.png").is_file()
     second = json.loads((tmp_path / "s0.2/smin0.002/floor0.25/results.json").read_text())
     assert second["meta"]["from_cache"] == 2 * 3 and second["meta"]["computed"] == 2   # only AT trained again
     again = sweep.run_sweep(tmp_path, sc, progress=False)

@@ -220,34 +220,52 @@ def summary_table(root: str | Path) -> str:
     return "\n".join(lines)
 
 
+def arm_verdict(r: dict, arm: str, key: str, right: str):
+    """One AT arm of one study on one measure: {"mean", "se", "n"} over seeds, its paired difference
+    with standard training ("vs_standard") and with the hardest baseline to beat, the one with the
+    largest paired difference ("hardest", "vs_hardest"; None where no baseline ran), each (mean, se,
+    n) or None, and "beats": closer than standard training and every baseline beyond two standard
+    errors. None where the arm has fewer than two seeds."""
+    v = np.array(list(run_values(r, arm, key).values()))
+    if len(v) < 2:
+        return None
+    std = paired(r, arm, "standard", key, right)
+    bases = {b: paired(r, arm, b, key, right) for b in required_opponents(r) if b != "standard"}
+    ran = {b: d for b, d in bases.items() if d is not None}
+    hard = max(ran, key=lambda b: ran[b][0]) if ran else None
+    beats = bool(std) and len(ran) == len(bases) and all(
+        d[0] < 0 and abs(d[0]) > 2 * d[1] for d in (std, *ran.values()))
+    return {"mean": float(v.mean()), "se": float(v.std(ddof=1) / math.sqrt(len(v))), "n": len(v),
+            "vs_standard": std, "hardest": hard, "vs_hardest": ran.get(hard), "beats": beats}
+
+
+def paired_cell(d) -> str:
+    """A paired difference as the tables print it: mean ± standard error (the call)."""
+    return f"{d[0]:+.3f} ± {d[1]:.3f} ({_call(d[0], d[1])})" if d else "not run"
+
+
 def findings_table(root: str | Path, presets=None) -> str:
     """Markdown, one row per (setting, AT arm), on the setting's proper score (:func:`deciding_measure`):
     the arm's mean ± standard error over seeds, its paired difference with standard training and with
-    the hardest baseline to beat (the largest paired difference), each called (closer / farther / no
-    difference shown, at two standard errors), and whether it beats standard training and every
-    baseline. Every number comes from the study folders under `root` (`presets`: only these)."""
+    the hardest baseline to beat (:func:`arm_verdict`), each called (closer / farther / no difference
+    shown, at two standard errors), and whether it beats standard training and every baseline.
+    Every number comes from the study folders under `root` (`presets`: only these)."""
     studies = load_studies(root, presets or dict.fromkeys(k[0] for k in KEY_MEASURES))
     lines = ["| setting | proper score (right value) | AT arm | arm: mean ± s.e. | vs standard | "
              "vs the hardest baseline | beats standard and every baseline |", "|---" * 7 + "|"]
     for preset, r in studies.items():
         key, label, right = deciding_measure(r)
         t = target(r, key, right)
-        shown = f"{t:.3f}" if right in ("truth", "exact") else {"low": "low", "1": "1", "0": "0"}[right]
+        shown = f"{t:.3f}" if right in ("truth", "exact") else right
         for a in AT_ARMS:
-            v = np.array(list(run_values(r, a, key).values()))
-            if len(v) < 2:
+            v = arm_verdict(r, a, key, right)
+            if v is None:
                 continue
-            std = paired(r, a, "standard", key, right)
-            bases = {b: paired(r, a, b, key, right) for b in required_opponents(r) if b != "standard"}
-            ran = {b: d for b, d in bases.items() if d is not None}
-            hard = max(ran, key=lambda b: ran[b][0]) if ran else None
-            cell = lambda d: f"{d[0]:+.3f} ± {d[1]:.3f} ({_call(d[0], d[1])})" if d else "not run"
-            beats = bool(std) and len(ran) == len(bases) and all(
-                d[0] < 0 and abs(d[0]) > 2 * d[1] for d in (std, *ran.values()))
+            hard = (f"{LABELS.get(v['hardest'], v['hardest'])}: {paired_cell(v['vs_hardest'])}"
+                    if v["hardest"] else "none run")
             lines.append(f"| {preset} ({r['meta']['seeds']} seeds) | {label} ({shown}) | {a} | "
-                         f"{v.mean():.3f} ± {v.std(ddof=1) / math.sqrt(len(v)):.3f} | {cell(std)} | "
-                         + (f"{LABELS.get(hard, hard)}: {cell(ran[hard])}" if hard else "none run")
-                         + f" | {'**yes**' if beats else 'no'} |")
+                         f"{v['mean']:.3f} ± {v['se']:.3f} | {paired_cell(v['vs_standard'])} | {hard} "
+                         f"| {'**yes**' if v['beats'] else 'no'} |")
     return "\n".join(lines)
 
 
@@ -274,4 +292,4 @@ def verdict_table(r: dict) -> str:
 
 __all__ = ["KEY_MEASURES", "PROPER", "AT_ARMS", "headline_rows", "run_values", "target", "paired",
            "required_opponents", "at_verdict", "deciding_measure", "summary_table", "verdict_table", "findings_table",
-           "load_studies"]
+           "arm_verdict", "paired_cell", "load_studies"]

@@ -36,6 +36,8 @@ The full sweep is 45 studies of 10 seeds:
 """
 from __future__ import annotations
 
+# Size: about 335 lines on purpose: the sweep's grid, its runner, and the tables, findings and figures
+# that read the one sweep.json it writes, which change together.
 import argparse
 import json
 import os
@@ -47,10 +49,10 @@ from pydantic import Field, model_validator
 
 from ..common.checkpoint import atomic_write_text
 from ..common.outputs import check_out_dir, check_results_folder, start_work
-from ..common.settings import Settings, int_at_least
+from ..common.settings import Settings, int_at_least, read_json_file
 from .at_dm_setup import ARMS, BASELINES, DEFAULT_ARMS, migrate_results
 from .at_dm_study import run_study
-from .at_dm_summary import AT_ARMS, LABELS, PROPER, at_verdict, paired, run_values, target
+from .at_dm_summary import AT_ARMS, LABELS, PROPER, arm_verdict, at_verdict, paired, paired_cell, run_values, target
 
 FULL = dict(floors=[0.0, 0.03, 0.06, 0.125, 0.25], noise_stds=[0.0, 0.1, 0.2], sigma_mins=[2e-2, 2e-3, 2e-4],
             seeds=10, variants=[a for a in DEFAULT_ARMS if a not in ("invariance", "adversarial-true-noise")])
@@ -133,13 +135,10 @@ def run_sweep(out: str | Path, sc: ATDMSweepConfig, workers: int = 1, cache: str
         rows.append(_row(g, migrate_results(r)))
     result = {"settings": sc.to_dict(), "rows": rows}
     atomic_write_text(out / "sweep.json", json.dumps(result, indent=1, default=float) + "\n")
-    table = sweep_table(result, "heldout_ll") + "\n\n" + sweep_table(result, "sw2_ratio")
-    atomic_write_text(out / "sweep.md", table + "\n")
-    plot_sweep(result, out / "sweep.png", "heldout_ll")
-    plot_sweep(result, out / "sweep_sw2.png", "sw2_ratio")
+    render(out)
     if progress:
-        print(table)
-        print(f"\nwrote {out}/sweep.json, sweep.md, sweep.png, sweep_sw2.png and {len(grid)} study folders")
+        print((out / "findings.md").read_text())
+        print(f"wrote {out}/sweep.json, sweep.md, findings.md, sweep.png, sweep_sw2.png and {len(grid)} study folders")
     return result
 
 
@@ -186,6 +185,59 @@ def sweep_table(result: dict, key: str = "heldout_ll") -> str:
         lines.append(f"| {r['s']:g} | {r['sigma_min']:g} | {r['floor']:g} | {m.get('right', float('nan')):.3f} | "
                      + " | ".join(cells) + f" | {call} |")
     return "\n".join(lines)
+
+
+def sweep_findings(root: str | Path, result: dict) -> str:
+    """Markdown, from the study folders under `root`: every AT arm at every setting against standard
+    training and the hardest baseline, paired by seed (:func:`~dmat_core.studies.at_dm_summary.arm_verdict`).
+    First the held-out log-likelihood per (s, floor) (the model's: read at the first sigma_min), then
+    SW2 / floor per (s, sigma_min, floor), one column per AT arm: its difference with the hardest
+    baseline, and "beats all" where it is also closer than standard training, beyond 2 standard errors."""
+    root = Path(root)
+    studies = {r["folder"]: migrate_results(json.loads((root / r["folder"] / "results.json").read_text()))
+               for r in result["rows"]}
+    arms = [a for a in AT_ARMS if a in result["settings"]["variants"]]
+    first = result["rows"][0]["sigma_min"]
+    out = ["Held-out log-likelihood (higher is better; the truth's on the same points beside it), each AT "
+           "arm against standard training and the hardest baseline, paired by seed:", "",
+           "| s | floor | truth | AT arm | arm: mean ± s.e. | vs standard | vs the hardest baseline | beats all |",
+           "|---" * 8 + "|"]
+    for row in result["rows"]:
+        if row["sigma_min"] != first or "heldout_ll" not in row:
+            continue
+        r = studies[row["folder"]]
+        for a in arms:
+            v = arm_verdict(r, a, "heldout_ll", "exact")
+            if v is None:
+                continue
+            hard = f"{LABELS.get(v['hardest'], v['hardest'])}: {paired_cell(v['vs_hardest'])}" if v["hardest"] else ""
+            out.append(f"| {row['s']:g} | {row['floor']:g} | {row['heldout_ll']['right']:.3f} | {a} | "
+                       f"{v['mean']:.3f} ± {v['se']:.3f} | {paired_cell(v['vs_standard'])} | {hard} | "
+                       f"{'**yes**' if v['beats'] else 'no'} |")
+    out += ["", "SW2 / floor of the samples (lower is better; 1 = the noise floor), which does depend on the "
+            "sampler's sigma_min: each AT arm's paired difference with the hardest baseline:", "",
+            "| s | sigma_min | floor | " + " | ".join(arms) + " |", "|---" * (3 + len(arms)) + "|"]
+    for row in result["rows"]:
+        r = studies[row["folder"]]
+        cells = []
+        for a in arms:
+            v = arm_verdict(r, a, "sw2_ratio", "low")
+            cells.append("" if v is None else (paired_cell(v["vs_hardest"]) + (" **beats all**" if v["beats"] else "")))
+        out.append(f"| {row['s']:g} | {row['sigma_min']:g} | {row['floor']:g} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def render(root: str | Path) -> dict:
+    """Write sweep.md, findings.md, sweep.png and sweep_sw2.png again from `root`/sweep.json and the
+    study folders (the current code's tables and figures; nothing is run)."""
+    root = Path(root)
+    result = read_json_file(root / "sweep.json", "sweep results")
+    table = sweep_table(result, "heldout_ll") + "\n\n" + sweep_table(result, "sw2_ratio")
+    atomic_write_text(root / "sweep.md", table + "\n")
+    atomic_write_text(root / "findings.md", sweep_findings(root, result) + "\n")
+    plot_sweep(result, root / "sweep.png", "heldout_ll")
+    plot_sweep(result, root / "sweep_sw2.png", "sw2_ratio")
+    return result
 
 
 def plot_sweep(result: dict, path: Path, key: str = "heldout_ll") -> None:
@@ -271,4 +323,13 @@ def _main(a: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["ATDMSweepConfig", "sweep_config", "settings_grid", "run_sweep", "sweep_table", "plot_sweep"]
+__all__ = ["ATDMSweepConfig", "sweep_config", "settings_grid", "run_sweep", "sweep_table", "sweep_findings",
+           "render", "plot_sweep"]
+
+
+if __name__ == "__main__":
+    # python -m dmat_core.studies.at_dm_sweep ROOT: tables and figures again from ROOT/sweep.json
+    import sys
+    if len(sys.argv) != 2:
+        raise SystemExit("usage: python -m dmat_core.studies.at_dm_sweep ROOT (a folder with sweep.json)")
+    render(sys.argv[1])
