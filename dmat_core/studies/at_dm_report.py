@@ -5,7 +5,7 @@ record of the runs made while tuning it; the cross-setting summary is
 Imports the study's settings and data from :mod:`~dmat_core.studies.at_dm_setup`, never the
 study itself (the study imports this module).
 """
-# Size: about 325 lines on purpose: one study's table, its attack tables, its figures and the tuning
+# Size: about 335 lines on purpose: one study's table, its attack tables, its figures and the tuning
 # record all read the one results format, and change together when it does.
 from __future__ import annotations
 
@@ -100,9 +100,18 @@ def markdown_table(results: dict) -> str:
     for name, m in refs.items():
         lines.append(f"| *{name}* | " + " | ".join(_fmt(m.get(k), f) if k in m else "" for k, _, f in cols) + " |")
     ref = results["reference"]["true samples"]
-    lines += ["", f"Memorization radius {ref.get('radius', float('nan')):.4f}; fresh true samples "
-              f"score a rate of {ref.get('mem_rate_fresh', float('nan')):.3f}. "
-              "D err: E‖D - D*‖² / E‖D* - x‖² against the clean exact denoiser."]
+    keys = {k for k, _, _ in cols}
+    notes = []
+    if "mem_rate" in keys:
+        notes.append(f"Memorization radius {ref.get('radius', float('nan')):.4f}; fresh true samples score a "
+                     f"rate of {ref.get('mem_rate_fresh', float('nan')):.3f}.")
+    if "ll_gap" in keys:
+        notes.append("train - held-out LL: the model's log-likelihood of its training points minus that of the "
+                     "held-out ones (memorization; the true density's own gap is its right value).")
+    if "nn_ratio_matched" in keys:
+        notes.append("NN ratio @spread: samples' median distance to the nearest training point over that of "
+                     "fresh true samples pulled to the samples' spread (1: no copying).")
+    lines += ["", " ".join(notes + ["D err: E‖D - D*‖² / E‖D* - x‖² against the clean exact denoiser."])]
     if any(r.get("attack") for r in results["runs"]):
         lines += ["", *_attack_tables(cfg, results["runs"], list(summ))]
     base = [b for b in BASELINES if b in summ]
