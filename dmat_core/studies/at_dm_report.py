@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from .at_dm_setup import ARMS, BASELINES, migrate_results, project_2d, study_config, training_set
-from .at_dm_summary import KEY_MEASURES, PROPER, findings_table, summary_table, verdict_table  # noqa: F401 (re-exported)
+from .at_dm_summary import (KEY_MEASURES, PROPER, attack_damage, findings_table, summary_table,  # noqa: F401
+                            verdict_table)                                        # (re-exported)
 
 # (key, header, format) of the main table, for mixtures of full-rank modes and for subspace data
 COLUMNS_MODES = [("heldout_ll", "held-out LL", "+.3f"), ("off_mode_mass", "off-mode mass", ".4f"),
@@ -147,10 +148,7 @@ def _attack_tables(cfg: dict, runs: list[dict], variants) -> list[str]:
            "over seeds."]
 
     def value(m: dict, b: float, key: str):
-        a = m.get(f"attack{b:g}_{key}")
-        if a is None or key != "sw2_ratio":
-            return a
-        return a - m.get("attack0_sw2_ratio", m["sw2_ratio"])
+        return attack_damage(m, b) if key == "sw2_ratio" else m.get(f"attack{b:g}_{key}")
 
     for what, key in (("SW2 / floor, attacked - unattacked", "sw2_ratio"), ("mode switches", "mode_switch")):
         if not any(f"attack{b:g}_{key}" in r["metrics"] for r in runs for b in budgets):
@@ -162,7 +160,8 @@ def _attack_tables(cfg: dict, runs: list[dict], variants) -> list[str]:
             for b in budgets:
                 vals = [x for r in runs if r["variant"] == v and (x := value(r["metrics"], b, key)) is not None]
                 t = torch.tensor(vals, dtype=torch.float64)
-                cells.append("n/a" if not vals else f"{float(t.mean()):+.3f} ± "
+                sign = "+" if key == "sw2_ratio" else ""           # a difference; a share of samples
+                cells.append("n/a" if not vals else f"{float(t.mean()):{sign}.3f} ± "
                              f"{float(t.std()) if len(vals) > 1 else 0.0:.3f}")
             out.append(f"| {v} | " + " | ".join(cells) + " |")
     return out

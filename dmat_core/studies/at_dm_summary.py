@@ -60,6 +60,13 @@ def headline_rows(preset: str) -> list:
     return [(k, label, right) for p, k, label, right in KEY_MEASURES if p == preset] + PROPER
 
 
+def attack_damage(m: dict, budget: float):
+    """SW2 / floor under the attack of `budget` minus the same unattacked (budget 0, measured alike;
+    else the model's own sampler), from one run's metrics; None where that budget was not run."""
+    a = m.get(f"attack{budget:g}_sw2_ratio")
+    return None if a is None else a - m.get("attack0_sw2_ratio", m["sw2_ratio"])
+
+
 def run_values(r: dict, arm: str, key: str) -> dict:
     """{seed: value} of one measure for one arm (attack_sw2: SW2 / floor at the largest budget;
     attack_damage: that minus the same at budget 0, the same model and latents unattacked and
@@ -73,11 +80,9 @@ def run_values(r: dict, arm: str, key: str) -> dict:
             budgets = sorted(float(k[6:].split("_")[0]) for k in m if k.startswith("attack") and k.endswith("_sw2_ratio"))
             if not budgets:
                 continue
-            if key == "attack_switch":
-                v = m.get(f"attack{budgets[-1]:g}_mode_switch")
-            else:
-                clean = m.get("attack0_sw2_ratio", m["sw2_ratio"])
-                v = m[f"attack{budgets[-1]:g}_sw2_ratio"] - (clean if key == "attack_damage" else 0.0)
+            v = {"attack_switch": m.get(f"attack{budgets[-1]:g}_mode_switch"),
+                 "attack_damage": attack_damage(m, budgets[-1]),
+                 "attack_sw2": m[f"attack{budgets[-1]:g}_sw2_ratio"]}[key]
         else:
             v = m.get(key)
         if v is not None:
@@ -290,6 +295,6 @@ def verdict_table(r: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["KEY_MEASURES", "PROPER", "AT_ARMS", "headline_rows", "run_values", "target", "paired",
+__all__ = ["KEY_MEASURES", "PROPER", "AT_ARMS", "headline_rows", "attack_damage", "run_values", "target", "paired",
            "required_opponents", "at_verdict", "deciding_measure", "summary_table", "verdict_table", "findings_table",
            "arm_verdict", "paired_cell", "load_studies"]

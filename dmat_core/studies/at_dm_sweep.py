@@ -233,8 +233,9 @@ def render(root: str | Path) -> dict:
     root = Path(root)
     result = read_json_file(root / "sweep.json", "sweep results")
     table = sweep_table(result, "heldout_ll") + "\n\n" + sweep_table(result, "sw2_ratio")
+    found = sweep_findings(root, result)        # reads every study folder before anything is written
     atomic_write_text(root / "sweep.md", table + "\n")
-    atomic_write_text(root / "findings.md", sweep_findings(root, result) + "\n")
+    atomic_write_text(root / "findings.md", found + "\n")
     plot_sweep(result, root / "sweep.png", "heldout_ll")
     plot_sweep(result, root / "sweep_sw2.png", "sw2_ratio")
     return result
@@ -334,4 +335,7 @@ if __name__ == "__main__":
     import sys
     if len(sys.argv) != 2:
         raise SystemExit("usage: python -m dmat_core.studies.at_dm_sweep ROOT (a folder with sweep.json)")
-    render(sys.argv[1])
+    try:
+        render(sys.argv[1])
+    except (OSError, ValueError, KeyError) as e:     # a missing or unreadable sweep.json or study folder
+        raise SystemExit(f"at_dm_sweep: {type(e).__name__}: {e}") from None
