@@ -12,8 +12,8 @@ from dmat_core.studies import at_dm_study as study
 from dmat_core.studies.at_dm_baselines import choose_snapshot, ideal_standard, tune_shrinkage
 from dmat_core.studies.at_dm_measure import ExactDenoiser, measure_denoiser
 from dmat_core.studies.at_dm_setup import migrate_results, study_config, training_set
-from dmat_core.studies.at_dm_summary import (KEY_MEASURES, at_verdict, findings_table, headline_rows, run_values,
-                                             summary_table, target)
+from dmat_core.studies.at_dm_summary import (KEY_MEASURES, at_verdict, claims_table, findings_markdown, findings_table,
+                                             headline_rows, run_values, summary_table, target)
 from dmat_core.toys.metrics import sample_metrics
 from dmat_core.toys.mixtures import ring8
 from dmat_core.toys.nets import data_std
@@ -106,6 +106,35 @@ def test_at_works_only_where_it_beats_every_baseline(tmp_path):
     _synthetic(tmp_path, at_ll=-0.39, shrink_ll=-0.4)                 # within noise of the shrinkage baseline
     row = findings_table(tmp_path).splitlines()[2]
     assert "(a) tweedie-shrinkage: -0.010 ± 0.007 (no difference shown) | no |" in row
+
+
+def test_the_claims_table_reads_mode_switches_per_budget_beside_the_proper_score(tmp_path):
+    """A trajectory-attack file where the AT arm switches fewer modes than standard training at
+    budget 2 but is farther on the held-out likelihood: its switch row says it beats all, and the
+    same row ends with the proper score's loss; the damage row is against the same model at budget 0."""
+    runs = []
+    for seed in range(5):
+        e = 0.002 * (seed - 2)
+        for arm, switch, ll, d in (("standard", 0.7, -0.3, 0.2), ("invariance", 0.55, -1.0, 1.2),
+                                   ("tweedie-shrinkage", 0.7, -0.3, 0.2), ("early-stopping", 0.71, -0.3, 0.2),
+                                   ("ideal-standard", 0.72, -0.31, 0.2)):
+            runs.append({"seed": seed, "variant": arm, "metrics": {
+                "heldout_ll": ll + e * (1 + (arm == "invariance")), "heldout_ll_exact": -0.31, "sw2_ratio": 1.0,
+                "attack0_sw2_ratio": 1.0, "attack0_mode_switch": 0.0, "attack2_sw2_ratio": 1.0 + d + e,
+                "attack2_mode_switch": switch + e, "attack0.5_sw2_ratio": 1.0, "attack0.5_mode_switch": switch / 10}})
+    (tmp_path / "trajectory-attack").mkdir()
+    (tmp_path / "trajectory-attack" / "results.json").write_text(json.dumps(
+        {"meta": {"seeds": 5}, "summary": {r["variant"]: {} for r in runs}, "runs": runs, "reference": {}}))
+    rows = claims_table(tmp_path).splitlines()
+    assert [r.split(" | ")[1] for r in rows[2:]] == ["mode switches, budget 0.5 (0)", "mode switches, budget 2 (0)",
+                                                      "SW2 / floor damage, budget 2 (0)"]
+    assert rows[3].startswith("| trajectory-attack (5 seeds) | mode switches, budget 2 (0) | invariance | 0.550 ")
+    assert "| -0.150 ± 0.000 (closer) |" in rows[3] and rows[3].endswith("| **yes** | +0.680 ± 0.004 (farther) |")
+    assert "| +1.000 ± 0.000 (farther) |" in rows[4] and "| no |" in rows[4]
+    text = findings_markdown(tmp_path)
+    assert text.startswith(findings_table(tmp_path)) and text.rstrip().endswith(rows[-1])
+    (tmp_path / "trajectory-attack" / "results.json").unlink()
+    assert claims_table(tmp_path) == "" and findings_markdown(tmp_path) == findings_table(tmp_path) + "\n"
 
 
 def test_results_of_before_the_rename_read_as_the_new_arm():

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .at_dm_setup import ARMS, BASELINES, migrate_results, project_2d, study_config, training_set
-from .at_dm_summary import (KEY_MEASURES, PROPER, attack_damage, findings_table, summary_table,  # noqa: F401
+from .at_dm_summary import (KEY_MEASURES, PROPER, attack_damage, findings_markdown, findings_table, summary_table,  # noqa: F401
                             verdict_table)                                        # (re-exported)
 
 # (key, header, format) of the main table, for mixtures of full-rank modes and for subspace data
@@ -327,7 +327,7 @@ if __name__ == "__main__":
     if cmd == "summary":
         table = summary_table(out)
         atomic_write_text(Path(out) / "summary.md", table + "\n")
-        atomic_write_text(Path(out) / "findings.md", findings_table(out) + "\n")
+        atomic_write_text(Path(out) / "findings.md", findings_markdown(out))
         print(table)
     elif cmd == "tuning":
         print(record_tuning(dirs, out))

@@ -16,6 +16,8 @@ else SW2 / floor).
 
     python -m dmat_core.studies.at_dm_report summary results/at_dm
 """
+# Size: about 335 lines on purpose: the measures' right values, the paired verdicts and the three
+# tables built on them (summary, findings, claims) read the same rules and belong together.
 from __future__ import annotations
 
 import json
@@ -249,6 +251,29 @@ def paired_cell(d) -> str:
     return f"{d[0]:+.3f} ± {d[1]:.3f} ({_call(d[0], d[1])})" if d else "not run"
 
 
+def _arm_rows(preset: str, r: dict, key: str, label: str, right: str, beside=None) -> list:
+    """The rows of :func:`findings_table` / :func:`claims_table` for one setting and one measure;
+    `beside`: (key, right) of a measure whose paired difference with standard training ends each row."""
+    t = target(r, key, right)
+    shown = f"{t:.3f}" if right in ("truth", "exact") else right
+    rows = []
+    for a in AT_ARMS:
+        v = arm_verdict(r, a, key, right)
+        if v is None:
+            continue
+        hard = (f"{LABELS.get(v['hardest'], v['hardest'])}: {paired_cell(v['vs_hardest'])}"
+                if v["hardest"] else "none run")
+        rows.append(f"| {preset} ({r['meta']['seeds']} seeds) | {label} ({shown}) | {a} | "
+                    f"{v['mean']:.3f} ± {v['se']:.3f} | {paired_cell(v['vs_standard'])} | {hard} "
+                    f"| {'**yes**' if v['beats'] else 'no'} |"
+                    + (f" {paired_cell(paired(r, a, 'standard', *beside))} |" if beside else ""))
+    return rows
+
+
+_FINDINGS_HEAD = ["| setting | {} (right value) | AT arm | arm: mean ± s.e. | vs standard | "
+                  "vs the hardest baseline | beats standard and every baseline |", "|---" * 7 + "|"]
+
+
 def findings_table(root: str | Path, presets=None) -> str:
     """Markdown, one row per (setting, AT arm), on the setting's proper score (:func:`deciding_measure`):
     the arm's mean ± standard error over seeds, its paired difference with standard training and with
@@ -256,22 +281,51 @@ def findings_table(root: str | Path, presets=None) -> str:
     shown, at two standard errors), and whether it beats standard training and every baseline.
     Every number comes from the study folders under `root` (`presets`: only these)."""
     studies = load_studies(root, presets or dict.fromkeys(k[0] for k in KEY_MEASURES))
-    lines = ["| setting | proper score (right value) | AT arm | arm: mean ± s.e. | vs standard | "
-             "vs the hardest baseline | beats standard and every baseline |", "|---" * 7 + "|"]
+    lines = [_FINDINGS_HEAD[0].format("proper score"), _FINDINGS_HEAD[1]]
     for preset, r in studies.items():
-        key, label, right = deciding_measure(r)
-        t = target(r, key, right)
-        shown = f"{t:.3f}" if right in ("truth", "exact") else right
-        for a in AT_ARMS:
-            v = arm_verdict(r, a, key, right)
-            if v is None:
-                continue
-            hard = (f"{LABELS.get(v['hardest'], v['hardest'])}: {paired_cell(v['vs_hardest'])}"
-                    if v["hardest"] else "none run")
-            lines.append(f"| {preset} ({r['meta']['seeds']} seeds) | {label} ({shown}) | {a} | "
-                         f"{v['mean']:.3f} ± {v['se']:.3f} | {paired_cell(v['vs_standard'])} | {hard} "
-                         f"| {'**yes**' if v['beats'] else 'no'} |")
+        lines += _arm_rows(preset, r, *deciding_measure(r))
     return "\n".join(lines)
+
+
+def claim_measures(preset: str, r: dict) -> list:
+    """[(key, label, right value)] of the claim a setting tests beyond fidelity: memorization by the
+    train - held-out likelihood gap against the true density's own; the trajectory attack at every
+    budget by the share of samples moved to another mode (right value 0), and its damage to SW2 /
+    floor under the strongest attack against the same model unattacked (0: no damage)."""
+    if preset == "memorization":
+        return [(k, label, right) for p, k, label, right in KEY_MEASURES if p == preset]
+    budgets = sorted({float(k[6:].split("_")[0]) for run in r["runs"] for k in run["metrics"]
+                      if k.startswith("attack") and k.endswith("_mode_switch")} - {0.0})
+    if not budgets:
+        return []
+    return ([(f"attack{b:g}_mode_switch", f"mode switches, budget {b:g}", "0") for b in budgets]
+            + [("attack_damage", f"SW2 / floor damage, budget {budgets[-1]:g}", "0")])
+
+
+def claims_table(root: str | Path, presets=("memorization", "trajectory-attack")) -> str:
+    """Markdown like :func:`findings_table`, on each setting's own claim (:func:`claim_measures`).
+    These measures are one-sided (a model that puts every sample in one mode switches none, and
+    copies nothing), so each row ends with the same arm's proper score (:func:`deciding_measure`)
+    against standard training, as in :func:`findings_table`."""
+    studies = load_studies(root, presets)
+    lines = [_FINDINGS_HEAD[0].format("claim's measure") + " its proper score vs standard |",
+             _FINDINGS_HEAD[1] + "---|"]
+    for preset, r in studies.items():
+        proper_key, _, proper_right = deciding_measure(r)
+        for key, label, right in claim_measures(preset, r):
+            lines += _arm_rows(preset, r, key, label, right, beside=(proper_key, proper_right))
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
+def findings_markdown(root: str | Path) -> str:
+    """findings.md: :func:`findings_table`, then :func:`claims_table` where a claim's setting was run."""
+    text = findings_table(root) + "\n"
+    claims = claims_table(root)
+    if claims:
+        text += ("\nThe claims beyond fidelity, on their own measures. These are one-sided (a model that puts "
+                 "every sample in one mode switches none), so each row ends with the arm's proper score "
+                 "against standard training; a win there with a loss on the proper score is no win.\n\n" + claims + "\n")
+    return text
 
 
 def verdict_table(r: dict) -> str:
@@ -297,4 +351,4 @@ def verdict_table(r: dict) -> str:
 
 __all__ = ["KEY_MEASURES", "PROPER", "AT_ARMS", "headline_rows", "attack_damage", "run_values", "target", "paired",
            "required_opponents", "at_verdict", "deciding_measure", "summary_table", "verdict_table", "findings_table",
-           "arm_verdict", "paired_cell", "load_studies"]
+           "claims_table", "claim_measures", "findings_markdown", "arm_verdict", "paired_cell", "load_studies"]
