@@ -249,7 +249,27 @@ def test_the_ideal_standard_model_is_left_out_only_where_it_does_not_exist(tmp_p
     assert not (tmp_path / "o").exists()
     from dmat_core.studies.at_dm_summary import required_opponents
     assert "ideal-standard" not in required_opponents({"config": {"corruption": "outlier"}})
-    assert "ideal-standard" in required_opponents({"config": {"corruption": "inlier"}})
+    assert "ideal-standard" in required_opponents({"config": {"corruption": "inlier", "p": 0.9, "s": 0.2}})
+
+
+def test_the_ideal_standard_model_is_no_bar_where_it_is_the_truth():
+    """On clean data (or noise of std 0) the exact denoiser of the training distribution is the
+    truth's: its held-out likelihood is the ceiling, so an AT arm is not asked to beat it, and a
+    memorization run that beats standard training and both tuned baselines is called a win."""
+    from dmat_core.studies.at_dm_summary import arm_verdict, required_opponents
+    for cfg in ({"corruption": "clean"}, {"corruption": "inlier", "p": 0.9, "s": 0.0},
+                {"corruption": "offplane", "p": 0.0, "s": 0.2}):
+        assert required_opponents({"config": cfg}) == ("standard", "tweedie-shrinkage", "early-stopping")
+    runs = [{"seed": s, "variant": a, "metrics": {"heldout_ll": v + 0.01 * s * (a == "invariance"),
+                                                   "heldout_ll_exact": -0.3}}
+            for s in range(4) for a, v in (("standard", -3.8), ("invariance", -1.4), ("tweedie-shrinkage", -3.8),
+                                           ("early-stopping", -1.7), ("ideal-standard", -0.3))]
+    r = {"config": {"corruption": "clean"}, "runs": runs}
+    v = arm_verdict(r, "invariance", "heldout_ll", "exact")
+    assert v["beats"] and v["hardest"] == "early-stopping" and v["vs_hardest"][0] == pytest.approx(-0.315)
+    r["config"]["corruption"] = "inlier"
+    r["config"].update(p=0.9, s=0.2)                       # a real corruption: the ideal is a bar again
+    assert not arm_verdict(r, "invariance", "heldout_ll", "exact")["beats"]
 
 
 def test_the_truth_row_holds_the_exact_held_out_likelihood_and_tables_show_it():
