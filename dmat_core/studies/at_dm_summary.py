@@ -17,7 +17,7 @@ else SW2 / floor).
 
     python -m dmat_core.studies.at_dm_report summary results/at_dm
 """
-# Size: about 335 lines on purpose: the measures' right values, the paired verdicts and the three
+# Size: about 360 lines on purpose: the measures' right values, the paired verdicts and the three
 # tables built on them (summary, findings, claims) read the same rules and belong together.
 from __future__ import annotations
 
@@ -311,9 +311,9 @@ def claim_measures(preset: str, r: dict) -> list:
 
 def claims_table(root: str | Path, presets=("memorization", "trajectory-attack")) -> str:
     """Markdown like :func:`findings_table`, on each setting's own claim (:func:`claim_measures`).
-    These measures are one-sided (a model that puts every sample in one mode switches none, and
-    copies nothing), so each row ends with the same arm's proper score (:func:`deciding_measure`)
-    against standard training, as in :func:`findings_table`."""
+    Mode switches are one-sided (a model that puts every sample in one mode switches none), and a
+    model can copy less by fitting worse, so each row ends with the same arm's proper score
+    (:func:`deciding_measure`) against standard training, as in :func:`findings_table`."""
     studies = load_studies(root, presets)
     lines = [_FINDINGS_HEAD[0].format("claim's measure") + " its proper score vs standard |",
              _FINDINGS_HEAD[1] + "---|"]
@@ -329,9 +329,10 @@ def findings_markdown(root: str | Path) -> str:
     text = findings_table(root) + "\n"
     claims = claims_table(root)
     if claims:
-        text += ("\nThe claims beyond fidelity, on their own measures. These are one-sided (a model that puts "
-                 "every sample in one mode switches none), so each row ends with the arm's proper score "
-                 "against standard training; a win there with a loss on the proper score is no win.\n\n" + claims + "\n")
+        text += ("\nThe claims beyond fidelity, on their own measures. A model that puts every sample in one "
+                 "mode switches none, and one that fits worse copies less, so each row ends with the arm's "
+                 "proper score against standard training; a win there with a loss on the proper score is "
+                 "no win.\n\n" + claims + "\n")
     return text
 
 
