@@ -77,7 +77,8 @@ def measure_denoiser(D, dist, train, cfg: dict, seed: int, shrink_sigma: float =
                                     sigma_min=LL_SIGMA_MIN, shrink_sigma=shrink_sigma)
         m.update(ll() if memo is None else memo("likelihood_gap", {
             "ll_n": cfg["ll_n"], "ll_probe": cfg["ll_probe"], "sigma_min": LL_SIGMA_MIN, "shrink_sigma": shrink_sigma}, ll))
-    m.update(trajectory_stats(traj, grid, sigma_max=sd))
+    if int((grid <= sd).sum()) >= 3:    # the path at sigma <= sigma_data; a sampler stopped at a
+        m.update(trajectory_stats(traj, grid, sigma_max=sd))   # sigma_s near sigma_data has too little of it
     jac = jacobian_frobenius(D, dist, JAC_SIGMAS, n=cfg["jac_n"], seed=seed)
     err = score_error(D, dist, SCORE_SIGMAS, n=1024, seed=seed)
     for r in jac:

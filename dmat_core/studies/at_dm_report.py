@@ -95,7 +95,8 @@ def markdown_table(results: dict) -> str:
     lines += ["| model | " + " | ".join(h for _, h, _ in cols) + " |",
               "|---" * (len(cols) + 1) + "|"]
     for v, s in summ.items():
-        cells = [f"{_fmt(s[k]['mean'], f)} ± {_fmt(s[k]['std'], f.lstrip('+'))}" if k in s else "n/a"
+        cells = [f"{_fmt(s[k]['mean'], f)} ± {_fmt(s[k]['std'], f.lstrip('+'))}"
+                 + (f" ({s[k]['n']} of {n} seeds)" if s[k].get("n", n) < n else "") if k in s else "n/a"
                  for k, _, f in cols]
         lines.append(f"| {v} | " + " | ".join(cells) + " |")
     for name, m in refs.items():
@@ -112,6 +113,10 @@ def markdown_table(results: dict) -> str:
     if "nn_ratio_matched" in keys:
         notes.append("NN ratio @spread: samples' median distance to the nearest training point over that of "
                      "fresh true samples pulled to the samples' spread (1: no copying).")
+    if any(s[k].get("n", n) < n for s in summ.values() for k, _, _ in cols if k in s):
+        notes.append("A cell marked (k of N seeds) is over the k seeds that measured it: e.g. the path length (the "
+                     "sampler's states at sigma ≤ sigma_data) needs three of them, which a sampler stopped at a "
+                     "large sigma_s does not have.")
     lines += ["", " ".join(notes + ["D err: E‖D - D*‖² / E‖D* - x‖² against the clean exact denoiser."])]
     if any(r.get("attack") for r in results["runs"]):
         lines += ["", *_attack_tables(cfg, results["runs"], list(summ))]
