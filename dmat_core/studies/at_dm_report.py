@@ -26,7 +26,7 @@ COLUMNS_MODES = [("heldout_ll", "held-out LL", "+.3f"), ("off_mode_mass", "off-m
                  ("modes_covered", "modes", ".1f"), ("den_err@0.05", "D err @0.05", ".3f"),
                  ("ll_gap", "train - held-out LL", "+.3f"), ("nn_ratio_matched", "NN ratio @spread", ".3f"),
                  ("jac@0.05", "‖J‖_F @0.05", ".3f"), ("length", "path length", ".3f")]
-COLUMNS_SUBSPACE = [("residual_rms", "residual RMS", ".4f"),
+COLUMNS_SUBSPACE = [("heldout_ll", "held-out LL", "+.3f"), ("residual_rms", "residual RMS", ".4f"),
                     ("off_manifold_share", "off-manifold share", ".3f"),
                     ("nll_smoothed", "NLL @σ=0.05", ".2f"), ("sw2_ratio", "SW2/floor", ".2f"),
                     ("den_err@0.05", "D err @0.05", ".3f"), ("mem_rate", "mem. rate", ".3f"),
