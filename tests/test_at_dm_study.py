@@ -26,6 +26,15 @@ def test_quick_study_writes_results_table_and_figures(tmp_path):
     table = (tmp_path / "table.md").read_text()
     assert "| standard |" in table and "±" in table and "*true samples*" in table
     assert res["config"]["steps"] == 40
+    # a cell over fewer seeds than the study (a run that could not measure it) says so
+    from dmat_core.studies.at_dm_report import markdown_table, summarize
+    assert "of 2 seeds" not in table
+    data["runs"][0]["metrics"].pop("length")
+    data["summary"] = summarize(data["runs"], ["standard", "adversarial"])
+    part = markdown_table(data)
+    row = next(line for line in part.splitlines() if line.startswith(f"| {data['runs'][0]['variant']} |"))
+    assert row.endswith(" (1 of 2 seeds) |") and part.count("of 2 seeds") == 1
+    assert "A cell marked (k of N seeds)" in part
 
 
 def test_rerun_reuses_trained_models_and_adds_new_arms(tmp_path):
