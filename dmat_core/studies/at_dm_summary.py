@@ -70,6 +70,11 @@ def attack_damage(m: dict, budget: float):
     return None if a is None else a - m.get("attack0_sw2_ratio", m["sw2_ratio"])
 
 
+def attack_budgets(m: dict, suffix: str) -> list:
+    """The attack budgets of one run's metrics that measured `suffix` (keys attack<budget><suffix>), sorted."""
+    return sorted(float(k[6:-len(suffix)]) for k in m if k.startswith("attack") and k.endswith(suffix))
+
+
 def run_values(r: dict, arm: str, key: str) -> dict:
     """{seed: value} of one measure for one arm (attack_sw2: SW2 / floor at the largest budget;
     attack_damage: that minus the same at budget 0, the same model and latents unattacked and
@@ -80,7 +85,7 @@ def run_values(r: dict, arm: str, key: str) -> dict:
             continue
         m = run["metrics"]
         if key in ("attack_sw2", "attack_damage", "attack_switch"):
-            budgets = sorted(float(k[6:].split("_")[0]) for k in m if k.startswith("attack") and k.endswith("_sw2_ratio"))
+            budgets = attack_budgets(m, "_sw2_ratio")
             if not budgets:
                 continue
             v = {"attack_switch": m.get(f"attack{budgets[-1]:g}_mode_switch"),
@@ -301,8 +306,7 @@ def claim_measures(preset: str, r: dict) -> list:
     floor under the strongest attack against the same model unattacked (0: no damage)."""
     if preset == "memorization":
         return [(k, label, right) for p, k, label, right in KEY_MEASURES if p == preset]
-    budgets = sorted({float(k[6:].split("_")[0]) for run in r["runs"] for k in run["metrics"]
-                      if k.startswith("attack") and k.endswith("_mode_switch")} - {0.0})
+    budgets = sorted({b for run in r["runs"] for b in attack_budgets(run["metrics"], "_mode_switch")} - {0.0})
     if not budgets:
         return []
     return ([(f"attack{b:g}_mode_switch", f"mode switches, budget {b:g}", "0") for b in budgets]
