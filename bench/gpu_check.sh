@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# One prepared check for a CUDA machine, at most 7.5 minutes (GPU_CHECK_BUDGET=450 s) on one GPU:
+# One prepared check for a CUDA machine, at most 8 minutes (GPU_CHECK_BUDGET=480 s) on one GPU:
 #
 #   1. environment     nvidia-smi; torch, CUDA and the packages dmat needs
 #   2. full-path smoke tests/test_full_path.py, slow tests included, on the GPU in bf16 autocast and
 #                      channels-last with the presets' own batch sizes (DMAT_SMOKE_DEVICE=cuda
 #                      DMAT_SMOKE_AMP=bf16 DMAT_SMOKE_CHANNELS_LAST=1 DMAT_SMOKE_FULL_BATCH=1)
+#   2b. the CUDA-only unit tests (sampling, toy-trainer resume, crop-and-flip, checkpointed RNG state)
 #   3. the GPU rows of the benchmarks: bench/preset_time.py --device cuda for each full-mode preset
 #      (train-at colab-small and paper-wrn28-10, train-dm colab-small and paper), bench/train_at.py,
 #      bench/generate.py, bench/attacks.py, each cut short by its own options (bench/toy_dm.py is a
@@ -31,7 +32,7 @@ DRY=0
 case "${1:-}" in
   --dry-run) DRY=1 ;;
   "") ;;
-  -h|--help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  -h|--help) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
   *) echo "usage: bash bench/gpu_check.sh [--dry-run]" >&2; exit 2 ;;
 esac
 
@@ -73,9 +74,9 @@ gpu_name() {
 } > "$REPORT"
 
 # step NAME LIMIT_SECONDS COMMAND...: run it, time it, record its status and output. The limit is cut
-# to what is left of the whole check's budget (GPU_CHECK_BUDGET seconds, default 450); a step that
+# to what is left of the whole check's budget (GPU_CHECK_BUDGET seconds, default 480); a step that
 # would get less than 20 s is not run, and counts as failed.
-BUDGET=${GPU_CHECK_BUDGET:-450}
+BUDGET=${GPU_CHECK_BUDGET:-480}
 [ $DRY = 1 ] && BUDGET=${GPU_CHECK_BUDGET:-3600}   # a dry run measures nothing: a busy CPU may take its time
 step() {
   local name=$1 limit=$2; shift 2
@@ -189,6 +190,17 @@ else
   step "full-path smoke (GPU, bf16, channels-last, preset batches)" 240 \
     env DMAT_SMOKE_DEVICE=cuda DMAT_SMOKE_AMP=bf16 DMAT_SMOKE_CHANNELS_LAST=1 DMAT_SMOKE_FULL_BATCH=1 \
     "$PY" -m pytest -q -s -p no:cacheprovider -m "slow or not slow" --durations=0 tests/test_full_path.py
+fi
+
+# -- 2b. the unit tests that run only where CUDA is (skipped on CI's CPU machine): sampling on the GPU,
+#        bitwise resume of a toy trainer on cuda, crop-and-flip on cuda equal to the CPU, the CUDA RNG
+#        state in checkpoints
+CUDA_TESTS=(tests/test_samplers.py::test_cuda tests/test_toy_train.py::test_checkpoint_resume_is_exact
+            tests/test_data.py::test_crop_flip_on_cuda_matches_cpu tests/test_checkpoint.py)
+if [ $DRY = 1 ]; then
+  step "CUDA-only unit tests (collection only, CPU)" 120 "$PY" -m pytest -q -p no:cacheprovider --collect-only "${CUDA_TESTS[@]}"
+else
+  step "CUDA-only unit tests" 90 "$PY" -m pytest -q -p no:cacheprovider -rs "${CUDA_TESTS[@]}"
 fi
 
 # -- 3. the GPU rows of the benchmarks (each cut short by its own options), the preset claims first
