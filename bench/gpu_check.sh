@@ -158,7 +158,8 @@ for i in range(torch.cuda.device_count()):
     print(f"cuda:{i}", p.name, f"{p.total_memory / 2**30:.0f} GiB", "capability", f"{p.major}.{p.minor}",
           "bf16", torch.cuda.is_bf16_supported())
 missing = []
-for m in ("numpy", "scipy", "sklearn", "tqdm", "matplotlib", "pyautoattack", "torchvision", "pytest", "dmat_core"):
+for m in ("numpy", "scipy", "sklearn", "tqdm", "matplotlib", "pyautoattack", "pydantic", "torchvision", "pytest",
+          "dmat_core"):
     try:
         mod = importlib.import_module(m)
         print(m, getattr(mod, "__version__", ""), getattr(mod, "__file__", ""))
