@@ -76,7 +76,9 @@ def predict(job: str, preset: str, device: str, amp: str | None, timed_steps: in
 def _predict(job, preset, device, amp, timed_steps, n_real, n_generated, overrides, out) -> dict:
     common = dict(out_dir=out, progress=False, device=device, **({"amp": amp} if amp else {}), **overrides)
     if job == "train-at":
-        cfg = make_config(preset, **common)
+        # The generated set is held in memory (below); the setting only needs to name one, since a preset
+        # that draws from it refuses to start without (an override still wins).
+        cfg = make_config(preset, **{"generated": str(Path(out) / "random-images-in-memory.npz"), **common})
         real = random_images(n_real, 10, 0)
         gen = random_images(n_generated, 10, 1) if cfg.unsup_fraction > 0 else None
         tr = ATTrainer(cfg, real=real, generated=gen, fresh=True)
