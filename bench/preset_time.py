@@ -42,7 +42,7 @@ from dmat_core.robust.train import ATTrainer  # noqa: E402
 # dmat_core.images.dm_config.DM_PRESET_NOTES) promise, in seconds.
 CLAIMS = {
     ("train-at", "colab-small"): (3600.0, "about an hour on one Colab GPU"),
-    ("train-dm", "colab-small"): (2100.0, "about 35 min on an H200 in bf16 (standard variant)"),
+    ("train-dm", "colab-small"): (1980.0, "about 33 min on an H200 in bf16 (standard variant)"),
 }
 
 

@@ -123,7 +123,7 @@ DM_PRESETS: Dict[str, Dict[str, Any]] = {
 DM_PRESET_NOTES = {
     "colab-small": "small U-Net (7.0M parameters), batch 128, 30k steps (3.8M images, 77 epochs of "
                    "CIFAR-10), Adam 4e-4 after 1k warm-up steps, EMA 0.9999 with warm-up. Measured on an H200 "
-                   "in bf16 (bench/preset_time.py, 2026-11-30): 0.066 s per standard step, about 35 min "
+                   "in bf16 (bench/preset_time.py, 2026-11-30): 0.066 s per standard step, about 33 min "
                    "in all; at this size a step is bound by kernel launches more than by its 9.5 GFLOP "
                    "per image, so Colab's L4 or A100 take longer, and --at-variant adversarial (3 passes) "
                    "2-3x that; a T4 has no bf16 and runs fp32, several times slower: lower --steps there. Compare on noisy data with "

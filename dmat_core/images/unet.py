@@ -15,8 +15,8 @@ zero-initialised output conv, so an untrained denoiser is D = c_skip x exactly.
 
 Sizes (`UNET_SIZES`, parameters for 10 classes at 32x32, counted by tests/test_unet.py):
   tiny   49,779      8 x (1, 2), attention at 16x16: tests and quick mode, seconds on a CPU;
-  small  7,000,899   64 x (1, 2, 2), 2 blocks, attention at 16x16, dropout 0.1: recognisable
-                     CIFAR-10 samples after the preset colab-small (35 min on an H200, longer on Colab);
+  small  7,000,899   64 x (1, 2, 2), 2 blocks, attention at 16x16, dropout 0.1: the preset
+                     colab-small (30k steps: 33 min measured on an H200, longer on Colab's GPUs);
   large  57,644,803  EDM's DDPM++ CIFAR-10 widths: 128 x (2, 2, 2), 4 blocks, attention at 16x16,
                      dropout 0.13 (EDM's own: about 56M, with a slightly different block);
   digits 181,795     16 x (1, 2), 1 block, no attention, for the 8x8 grey digits (181,217 at 8x8 with one
