@@ -124,10 +124,11 @@ DM_PRESET_NOTES = {
     "colab-small": "small U-Net (7.0M parameters), batch 128, 30k steps (3.8M images, 77 epochs of "
                    "CIFAR-10), Adam 4e-4 after 1k warm-up steps, EMA 0.9999 with warm-up. Measured on an H200 "
                    "in bf16 (bench/preset_time.py, 2026-11-30): 0.066 s per standard step, about 33 min "
-                   "in all; at this size a step is bound by kernel launches more than by its 9.5 GFLOP "
-                   "per image, so Colab's L4 or A100 take longer, and --at-variant adversarial (3 passes) "
-                   "2-3x that; a T4 has no bf16 and runs fp32, several times slower: lower --steps there. Compare on noisy data with "
-                   "--noise-p 0.9 --noise-std 0.2 and --at-variant standard vs adversarial.",
+                   "in all (--at-variant adversarial: 0.098 s, 49 min; random: 37 min); at this size a "
+                   "step is bound by kernel launches more than by its 9.5 GFLOP per image; Colab's "
+                   "L4 takes longer, and a T4 has no bf16 and runs fp32, several times slower: lower "
+                   "--steps there. Compare on noisy data with --noise-p 0.9 --noise-std 0.2 and "
+                   "--at-variant standard vs adversarial.",
     "paper": "large U-Net (57.6M, EDM's DDPM++ widths), EDM's CIFAR-10 recipe (batch 512, lr 1e-3, "
              "about 200M images) with AT for DMs as docs/science.md section 3: adversarial, lambda 0.3, budget "
              "exponent 2, floor 8/255, on 90% of the images noised with std 0.2. Days of GPU time.",
