@@ -35,6 +35,11 @@ def test_quick_study_writes_results_table_and_figures(tmp_path):
     row = next(line for line in part.splitlines() if line.startswith(f"| {data['runs'][0]['variant']} |"))
     assert row.endswith(" (1 of 2 seeds) |") and part.count("of 2 seeds") == 1
     assert "A cell marked (k of N seeds)" in part
+    # the italic rows are seed 0's: the note gives the truth's held-out LL on seed 0's points to read them by
+    refs = data["reference"]
+    refs["true samples"]["heldout_ll"] = -9.876
+    refs[next(k for k in refs if k != "true samples")]["heldout_ll"] = -1.5
+    assert "on seed 0's held-out points the truth scores -9.876" in markdown_table(data)
 
 
 def test_rerun_reuses_trained_models_and_adds_new_arms(tmp_path):

@@ -5,7 +5,7 @@ record of the runs made while tuning it; the cross-setting summary is
 Imports the study's settings and data from :mod:`~dmat_core.studies.at_dm_setup`, never the
 study itself (the study imports this module).
 """
-# Size: about 335 lines on purpose: one study's table, its attack tables, its figures and the tuning
+# Size: about 360 lines on purpose: one study's table, its attack tables, its figures and the tuning
 # record all read the one results format, and change together when it does.
 from __future__ import annotations
 
@@ -117,6 +117,13 @@ def markdown_table(results: dict) -> str:
         notes.append("A cell marked (k of N seeds) is over the k seeds that measured it: e.g. the path length (the "
                      "sampler's states at sigma ≤ sigma_data) needs three of them, which a sampler stopped at a "
                      "large sigma_s does not have.")
+    one_seed = [k for k in refs if k != "true samples" and "heldout_ll" in refs[k]]
+    truth0 = ref.get("heldout_ll", next((r["metrics"]["heldout_ll_exact"] for r in results["runs"] if r["seed"] == 0
+                                         and "heldout_ll_exact" in r.get("metrics", {})), None))
+    if "heldout_ll" in keys and one_seed and truth0 is not None:
+        notes.append("The rows in italics are measured at seed 0 alone, but for the held-out LL of *true samples*, "
+                     "which is the truth's mean over the seeds, as the models' rows are; on seed 0's held-out points "
+                     f"the truth scores {truth0:.3f}, the value to read the other italic rows against.")
     lines += ["", " ".join(notes + ["D err: E‖D - D*‖² / E‖D* - x‖² against the clean exact denoiser."])]
     if any(r.get("attack") for r in results["runs"]):
         lines += ["", *_attack_tables(cfg, results["runs"], list(summ))]
@@ -323,13 +330,25 @@ def record_tuning(run_dirs, out: str | Path) -> str:
 
 
 if __name__ == "__main__":
-    # python -m dmat_core.studies.at_dm_report summary results/at_dm    (summary.md and findings.md)
-    # python -m dmat_core.studies.at_dm_report tuning results/at_dm/tuning RUN_DIR...
+    import json
     import sys
 
     from ..common.checkpoint import atomic_write_text
+    usage = ("usage: python -m dmat_core.studies.at_dm_report summary results/at_dm   (summary.md, findings.md)\n"
+             "       python -m dmat_core.studies.at_dm_report tables results/at_dm    (every study's table.md again)\n"
+             "       python -m dmat_core.studies.at_dm_report tuning results/at_dm/tuning RUN_DIR...")
+    if len(sys.argv) < 3:
+        raise SystemExit(usage)
     cmd, out, *dirs = sys.argv[1:]
-    if cmd == "summary":
+    if cmd == "tables":      # each study's table.md from its results.json, by the current code (nothing is run)
+        done = []
+        for path in sorted(Path(out).rglob("results.json")):
+            r = json.loads(path.read_text())
+            if "cache" not in path.parts and {"summary", "reference", "runs"} <= set(r):
+                done.append(path.parent / "table.md")
+                atomic_write_text(done[-1], markdown_table(r) + "\n")
+        print(f"wrote {len(done)} table.md files under {out}")
+    elif cmd == "summary":
         table = summary_table(out)
         atomic_write_text(Path(out) / "summary.md", table + "\n")
         atomic_write_text(Path(out) / "findings.md", findings_markdown(out))
@@ -337,4 +356,4 @@ if __name__ == "__main__":
     elif cmd == "tuning":
         print(record_tuning(dirs, out))
     else:
-        raise SystemExit(f"unknown command {cmd!r}: use summary or tuning")
+        raise SystemExit(f"unknown command {cmd!r}\n{usage}")
