@@ -341,13 +341,15 @@ if __name__ == "__main__":
         raise SystemExit(usage)
     cmd, out, *dirs = sys.argv[1:]
     if cmd == "tables":      # each study's table.md from its results.json, by the current code (nothing is run)
-        done = []
-        for path in sorted(Path(out).rglob("results.json")):
-            r = json.loads(path.read_text())
-            if "cache" not in path.parts and {"summary", "reference", "runs"} <= set(r):
-                done.append(path.parent / "table.md")
-                atomic_write_text(done[-1], markdown_table(r) + "\n")
-        print(f"wrote {len(done)} table.md files under {out}")
+        from ..common.settings import read_json_file
+        if not Path(out).is_dir():
+            raise SystemExit(f"tables: {out} is not a folder of study results\n{usage}")
+        studies = [(p, read_json_file(p, "study results")) for p in sorted(Path(out).rglob("results.json"))
+                   if "cache" not in p.parts]          # every file read and checked before one table is written
+        studies = [(p, r) for p, r in studies if {"summary", "reference", "runs"} <= set(r)]
+        for path, r in studies:
+            atomic_write_text(path.parent / "table.md", markdown_table(r) + "\n")
+        print(f"wrote {len(studies)} table.md files under {out}")
     elif cmd == "summary":
         table = summary_table(out)
         atomic_write_text(Path(out) / "summary.md", table + "\n")
