@@ -26,6 +26,10 @@ def test_quick_study_writes_results_table_and_figures(tmp_path):
     table = (tmp_path / "table.md").read_text()
     assert "| standard |" in table and "±" in table and "*true samples*" in table
     assert res["config"]["steps"] == 40
+    # the file keeps seed 0's loss history (the figure's), not every seed's
+    hist = {(r["seed"], r["variant"]): len(r["history"]) for r in data["runs"]}
+    assert all(n > 0 for (seed, _), n in hist.items() if seed == 0)
+    assert all(n == 0 for (seed, _), n in hist.items() if seed > 0)
     # a cell over fewer seeds than the study (a run that could not measure it) says so
     from dmat_core.studies.at_dm_report import markdown_table, summarize
     assert "of 2 seeds" not in table
