@@ -71,3 +71,23 @@ def test_quick_sweep_end_to_end(tmp_path, monkeypatch):
     assert again["rows"] == res["rows"]
     meta = json.loads((tmp_path / "s0.2/smin0.002/floor0/results.json").read_text())["meta"]
     assert meta["computed"] == 0 and meta["reused"] == 2 * 4
+    # --collect: the same sweep.json from the folders alone (no samples.npz, nothing run) ...
+    for f in tmp_path.glob("s*/**/samples.npz"):
+        f.unlink()
+    written = (tmp_path / "sweep.json").read_text()
+    (tmp_path / "sweep.json").unlink()
+    assert sweep.collect(tmp_path, sc, progress=False)["rows"] == res["rows"]
+    assert (tmp_path / "sweep.json").read_text() == written
+    # ... and a grid point with no folder, or a folder of another setting, is an error naming it; nothing written
+    (tmp_path / "sweep.json").unlink()
+    with pytest.raises(FileNotFoundError, match="smin0.02/floor0/results.json"):
+        sweep.collect(tmp_path, sweep.sweep_config(True, floors=[0.0, 0.25], sigma_mins=[0.002, 0.02],
+                                                   variants=sc.variants), progress=False)
+    path = tmp_path / "s0.2/smin0.002/floor0.25/results.json"
+    moved = json.loads(path.read_text())
+    moved["config"]["s"] = 0.1
+    path.write_text(json.dumps(moved))
+    with pytest.raises(ValueError, match=r"floor0.25/results.json is not this sweep's setting s0.2/smin0.002/floor0.25 "
+                                         r"\(s: 0.1 there, 0.2 in the sweep\)"):
+        sweep.collect(tmp_path, sc, progress=False)
+    assert not (tmp_path / "sweep.json").exists()

@@ -314,6 +314,8 @@ CASES = [
      "sigma_mins must be distinct numbers in (0, 80)", None),
     ("sweep-no-standard", ["toy", "at-dm-sweep", "--quick", "--variants", "adversarial", "--out", NEW], 2,
      "variants must include standard", None),
+    ("sweep-collect-no-folders", ["toy", "at-dm-sweep", "--quick", "--collect", "--out", NEW], 2,
+     "study results not found: {r}/new_out/s0.2/smin0.02/floor0/results.json", None),
     ("sweep-out-is-file", ["toy", "at-dm-sweep", "--quick", "--out", "{r}/file.txt"], 2, "is a file; a folder is expected", None),
     ("sweep-readonly", ["toy", "at-dm-sweep", "--quick", "--out", "{r}/readonly/sweep"], 2, "cannot write in", "readonly"),
     ("sweep-cache-model-of-another-kind", ["toy", "at-dm-sweep", "--quick", "--out", "{r}/sweep_badcache"], 2,

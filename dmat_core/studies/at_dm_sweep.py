@@ -33,10 +33,11 @@ The full sweep is 45 studies of 10 seeds:
 
     dmat toy at-dm-sweep --out results/at_dm/sweep --seeds 10 --workers 2
     dmat toy at-dm-sweep --out /tmp/sweep --quick           # its quick size: seconds to minutes
+    dmat toy at-dm-sweep --out results/at_dm/sweep --collect   # sweep.json from the folders, nothing run
 """
 from __future__ import annotations
 
-# Size: about 335 lines on purpose: the sweep's grid, its runner, and the tables, findings and figures
+# Size: about 380 lines on purpose: the sweep's grid, its runner, and the tables, findings and figures
 # that read the one sweep.json it writes, which change together.
 import argparse
 import json
@@ -133,12 +134,48 @@ def run_sweep(out: str | Path, sc: ATDMSweepConfig, workers: int = 1, cache: str
         r = run_study(out / g["folder"], **g["study"], workers=workers, progress=False, reuse=reuse,
                       overwrite=overwrite, cache=cache)
         rows.append(_row(g, migrate_results(r)))
+    return _write(out, sc, rows, progress)
+
+
+def collect(out: str | Path, sc: ATDMSweepConfig, progress: bool = True) -> dict:
+    """sweep.json, its tables and figures from the study folders as they stand, running nothing: for
+    slices of the sweep that ran apart (in another clone, or on another machine), or a clone without
+    the folders' samples.npz (which a rerun needs to reuse a folder; the sweep's are not kept in git).
+    Every folder of the grid must hold a results.json of its own setting; all are read and checked
+    before anything is written."""
+    out = Path(out)
+    grid = settings_grid(sc)
+    rows = []
+    for g in grid:
+        path = out / g["folder"] / "results.json"
+        r = migrate_results(read_json_file(path, "study results"))
+        _check_setting(g, r, sc, path)
+        rows.append(_row(g, r))
+    return _write(out, sc, rows, progress)
+
+
+def _check_setting(g: dict, r: dict, sc: ATDMSweepConfig, path: Path) -> None:
+    """A ValueError naming the folder unless its results are of setting `g` of sweep `sc`."""
+    cfg = r.get("config", {})
+    want = {"dist": sc.dist, "s": g["s"], "sampler_sigma_min": g["sigma_min"],
+            "size": "quick" if sc.quick else "full", "seeds": sc.seeds, "variants": sorted(sc.variants),
+            "r_min": g["floor"]}
+    got = {**{k: cfg.get(k) for k in ("dist", "s", "sampler_sigma_min", "size")},
+           "seeds": r.get("meta", {}).get("seeds"), "variants": sorted(r.get("summary", {})),
+           "r_min": sorted({a.get("r_min") for a in r.get("at", {}).values()}) or None}
+    got["r_min"] = got["r_min"][0] if got["r_min"] and len(got["r_min"]) == 1 else got["r_min"]
+    bad = [f"{k}: {got[k]!r} there, {v!r} in the sweep" for k, v in want.items() if got[k] != v]
+    if bad:
+        raise ValueError(f"{path} is not this sweep's setting {g['folder']} ({'; '.join(bad)})")
+
+
+def _write(out: Path, sc: ATDMSweepConfig, rows: list, progress: bool) -> dict:
     result = {"settings": sc.to_dict(), "rows": rows}
     atomic_write_text(out / "sweep.json", json.dumps(result, indent=1, default=float) + "\n")
     render(out)
     if progress:
         print((out / "findings.md").read_text())
-        print(f"wrote {out}/sweep.json, sweep.md, findings.md, sweep.png, sweep_sw2.png and {len(grid)} study folders")
+        print(f"wrote {out}/sweep.json, sweep.md, findings.md, sweep.png, sweep_sw2.png and {len(rows)} study folders")
     return result
 
 
@@ -316,17 +353,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fresh", action="store_true", help="recompute what the study folders hold (the cache "
                    "is still read)")
     p.add_argument("--overwrite", action="store_true", help="replace study folders of other settings")
+    p.add_argument("--collect", action="store_true", help="run nothing: write sweep.json, its tables and "
+                   "figures from the study folders OUT already holds, one per setting of the grid")
     p.set_defaults(func=_main)
 
 
 def _main(a: argparse.Namespace) -> int:
     sc = sweep_config(a.quick or os.environ.get("DMAT_QUICK") == "1", seeds=a.seeds, dist=a.dist,
                       floors=a.floors, noise_stds=a.noise_stds, sigma_mins=a.sigma_mins, variants=a.variants)
+    if a.collect:             # a missing, unreadable or foreign study folder: one line, nothing written
+        collect(a.out, sc)
+        return 0
     run_sweep(a.out, sc, a.workers, a.cache, overwrite=a.overwrite, reuse=not a.fresh)
     return 0
 
 
-__all__ = ["ATDMSweepConfig", "sweep_config", "settings_grid", "run_sweep", "sweep_table", "sweep_findings",
+__all__ = ["ATDMSweepConfig", "sweep_config", "settings_grid", "run_sweep", "collect", "sweep_table", "sweep_findings",
            "render", "plot_sweep"]
 
 
