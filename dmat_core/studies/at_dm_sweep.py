@@ -159,11 +159,10 @@ def _check_setting(g: dict, r: dict, sc: ATDMSweepConfig, path: Path) -> None:
     cfg = r.get("config", {})
     want = {"dist": sc.dist, "s": g["s"], "sampler_sigma_min": g["sigma_min"],
             "size": "quick" if sc.quick else "full", "seeds": sc.seeds, "variants": sorted(sc.variants),
-            "r_min": g["floor"]}
+            "r_min": [g["floor"]]}
     got = {**{k: cfg.get(k) for k in ("dist", "s", "sampler_sigma_min", "size")},
            "seeds": r.get("meta", {}).get("seeds"), "variants": sorted(r.get("summary", {})),
-           "r_min": sorted({a.get("r_min") for a in r.get("at", {}).values()}) or None}
-    got["r_min"] = got["r_min"][0] if got["r_min"] and len(got["r_min"]) == 1 else got["r_min"]
+           "r_min": sorted({a.get("r_min") for a in r.get("at", {}).values()})}   # one floor for every arm
     bad = [f"{k}: {got[k]!r} there, {v!r} in the sweep" for k, v in want.items() if got[k] != v]
     if bad:
         raise ValueError(f"{path} is not this sweep's setting {g['folder']} ({'; '.join(bad)})")
