@@ -37,7 +37,7 @@ The full sweep is 45 studies of 10 seeds:
 """
 from __future__ import annotations
 
-# Size: about 380 lines on purpose: the sweep's grid, its runner, and the tables, findings and figures
+# Size: about 390 lines on purpose: the sweep's grid, its runner, and the tables, findings and figures
 # that read the one sweep.json it writes, which change together.
 import argparse
 import json
@@ -361,6 +361,11 @@ def _main(a: argparse.Namespace) -> int:
     sc = sweep_config(a.quick or os.environ.get("DMAT_QUICK") == "1", seeds=a.seeds, dist=a.dist,
                       floors=a.floors, noise_stds=a.noise_stds, sigma_mins=a.sigma_mins, variants=a.variants)
     if a.collect:             # a missing, unreadable or foreign study folder: one line, nothing written
+        run_only = [f for f, on in (("--workers", a.workers != 1), ("--cache", a.cache is not None),
+                                    ("--fresh", a.fresh), ("--overwrite", a.overwrite)) if on]
+        if run_only:
+            raise ValueError(f"--collect runs nothing, so {', '.join(run_only)} would have no effect; drop "
+                             f"{'it' if len(run_only) == 1 else 'them'}, or drop --collect to run the sweep")
         collect(a.out, sc)
         return 0
     run_sweep(a.out, sc, a.workers, a.cache, overwrite=a.overwrite, reuse=not a.fresh)
